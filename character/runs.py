@@ -1,0 +1,157 @@
+"""Run folders and file I/O: the only module that knows where things live on disk.
+
+Layout under CHARACTER_HOME (default ./data):
+    models/<name>/                 cached model weights (the embedded model's safetensors copy)
+    runs/<run>/recipe.yaml         the recipe the run was started with
+    runs/<run>/<stage>/status.json one StageStatus per stage
+    runs/<run>/<stage>/*.jsonl     the stage's records, appended and flushed as they complete
+JSONL is appended line by line with a flush (a crash loses at most the line being written, and a
+torn last line is cut off on the next open); whole files are written to a temp file and renamed.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import tempfile
+import time
+from pathlib import Path
+from typing import Iterable, Iterator, TypeVar
+
+from pydantic import BaseModel
+
+from .errors import field_error
+from .types import StageStatus
+
+T = TypeVar("T", bound=BaseModel)
+
+SLUG = re.compile(r"^[a-z0-9][a-z0-9_-]{0,63}$")
+
+
+def check_slug(value: str, field: str = "name") -> str:
+    """Refuse anything path-like before a file is touched."""
+    if not isinstance(value, str) or not SLUG.match(value):
+        raise field_error(field, value, "use 1-64 lowercase letters, digits, '-' or '_' "
+                          "starting with a letter or digit (no '/', '..', spaces)")
+    return value
+
+
+def character_home() -> Path:
+    return Path(os.environ.get("CHARACTER_HOME") or "data").resolve()
+
+
+def models_dir() -> Path:
+    """Cached model weights; CHARACTER_MODELS moves them apart from runs (tests share one cache)."""
+    return Path(os.environ.get("CHARACTER_MODELS") or character_home() / "models").resolve()
+
+
+def runs_root() -> Path:
+    return character_home() / "runs"
+
+
+def run_dir(run: str) -> Path:
+    return runs_root() / check_slug(run, "run")
+
+
+def stage_dir(run: str | Path, stage: str) -> Path:
+    base = run if isinstance(run, Path) else run_dir(run)
+    return base / check_slug(stage, "stage")
+
+
+def write_atomic(path: Path, text: str) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_json(path: Path, data: object) -> None:
+    write_atomic(path, json.dumps(data, indent=2, ensure_ascii=False, default=str) + "\n")
+
+
+def read_json(path: Path) -> object:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def _repair_tail(path: Path) -> None:
+    """Cut a torn last line (a crash mid-write) so appends start on a clean line."""
+    if not path.exists() or path.stat().st_size == 0:
+        return
+    with open(path, "rb+") as f:
+        f.seek(-1, os.SEEK_END)
+        if f.read(1) == b"\n":
+            return
+        data = path.read_bytes()
+        f.truncate(data.rfind(b"\n") + 1)
+
+
+class JsonlWriter:
+    """Append records one per line, flushed as each completes."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _repair_tail(path)
+        self._f = open(path, "a", encoding="utf-8")
+
+    def write(self, record: BaseModel) -> None:
+        self._f.write(record.model_dump_json() + "\n")
+        self._f.flush()
+
+    def close(self) -> None:
+        self._f.close()
+
+    def __enter__(self) -> "JsonlWriter":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def iter_jsonl(path: Path, record_type: type[T]) -> Iterator[T]:
+    """Yield records; a torn (unterminated) last line is skipped, any other bad line raises."""
+    if not path.exists():
+        return
+    with open(path, encoding="utf-8") as f:
+        for lineno, line in enumerate(f, 1):
+            if not line.endswith("\n"):
+                return  # torn tail from an interrupted write; the writer cuts it on next open
+            if line.strip():
+                try:
+                    yield record_type.model_validate_json(line)
+                except ValueError as e:
+                    first = str(e).splitlines()[0] if str(e) else type(e).__name__
+                    raise field_error(f"{path.name}:{lineno}", line.strip()[:60],
+                                      f"not a valid {record_type.__name__} record ({first})") from None
+
+
+def read_jsonl(path: Path, record_type: type[T]) -> list[T]:
+    return list(iter_jsonl(path, record_type))
+
+
+def write_jsonl(path: Path, records: Iterable[BaseModel]) -> None:
+    write_atomic(path, "".join(r.model_dump_json() + "\n" for r in records))
+
+
+def read_status(stage_path: Path) -> StageStatus | None:
+    p = stage_path / "status.json"
+    return StageStatus.model_validate_json(p.read_text()) if p.exists() else None
+
+
+def write_status(stage_path: Path, status: StageStatus) -> None:
+    write_atomic(stage_path / "status.json", status.model_dump_json(indent=2) + "\n")
+
+
+def start_status(stage_path: Path, stage: str, total: int | None, config_hash: str) -> StageStatus:
+    status = StageStatus(stage=stage, state="running", total=total, config_hash=config_hash,
+                         started=time.time())
+    write_status(stage_path, status)
+    return status

@@ -1,0 +1,78 @@
+"""Shared fixtures: the real embedded model, a real llama.cpp OpenAI-compatible server on
+loopback, and an isolated CHARACTER_HOME per test (the model cache is shared across tests)."""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+os.environ.setdefault("CHARACTER_MODELS", str(ROOT / "data" / "models"))
+os.environ.setdefault("CHARACTER_CONSTITUTIONS", str(ROOT / "constitutions"))
+for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "TINKER_API_KEY", "CHARACTER_TEACHER_MODEL",
+             "CHARACTER_STUDENT_MODEL", "CHARACTER_JUDGE_MODEL"):
+    os.environ.pop(_var, None)  # tests never reach a remote API, whatever the shell has set
+
+
+@pytest.fixture(autouse=True)
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CHARACTER_HOME", str(tmp_path / "home"))
+    return tmp_path / "home"
+
+
+@pytest.fixture(scope="session")
+def embedded():
+    from character.inference import get_backend
+    return get_backend("embedded")
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="session")
+def llama_server(tmp_path_factory):
+    """A real OpenAI-compatible server (llama-cpp-python) serving the embedded GGUF."""
+    pytest.importorskip("llama_cpp", reason="llama-cpp-python[server] is installed by `make setup`")
+    from character.inference.embedded import gguf_path
+
+    port = free_port()
+    log = tmp_path_factory.mktemp("llama") / "server.log"
+    with open(log, "w") as f:
+        proc = subprocess.Popen([sys.executable, "-m", "llama_cpp.server", "--model", str(gguf_path()),
+                                 "--host", "127.0.0.1", "--port", str(port), "--n_ctx", "2048",
+                                 "--model_alias", "smollm2"], stdout=f, stderr=subprocess.STDOUT)
+    base = f"http://127.0.0.1:{port}/v1"
+    try:
+        deadline = time.time() + 120
+        while True:
+            try:
+                urllib.request.urlopen(base + "/models", timeout=2)
+                break
+            except OSError:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise RuntimeError("llama.cpp server did not start:\n" + log.read_text()[-2000:])
+                time.sleep(0.5)
+        yield base
+    finally:
+        proc.terminate()
+        try:
+            proc.wait(10)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+
+
+def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run the real `character` command in a subprocess."""
+    full_env = {**os.environ, **(env or {})}
+    return subprocess.run([sys.executable, "-m", "character.cli", *args], cwd=cwd or ROOT, env=full_env,
+                          capture_output=True, text=True, timeout=600)

@@ -1,0 +1,112 @@
+"""The local transformers backend on the real embedded model."""
+
+from __future__ import annotations
+
+import math
+import time
+
+import pytest
+
+from character import constitution as C
+from character.types import Message, SamplingParams
+
+pytestmark = pytest.mark.slow
+
+PIRATE_WORDS = ("arr", "matey", "ahoy", "aye", "ye ", "captain", "sail", "sea", "ship", "treasure", "crew")
+
+
+def user(text):
+    return [Message(role="user", content=text)]
+
+
+def test_cached_copy_loads_fast():
+    from character.inference.embedded import embedded_model_path
+    from character.inference.hf import load_model
+    path = embedded_model_path()
+    assert (path / "model.safetensors").exists()
+    t = time.time()
+    load_model(str(path))
+    assert time.time() - t < 60  # generous bound; the real numbers are in benchmarks/RESULTS.md
+
+
+def test_batched_greedy_matches_one_at_a_time(embedded):
+    prompts = [user("Name a colour."), user("Write one sentence about the moon and the tides."),
+               user("What is 2 + 2?")]
+    greedy = SamplingParams(max_tokens=12, temperature=0)
+    batched = [c[0].text for c in embedded.generate(prompts, greedy)]
+    single = [embedded.generate([p], greedy)[0][0].text for p in prompts]
+    assert batched == single
+    assert all(batched)
+
+
+def test_n_stop_seed_and_finish_reason(embedded):
+    params = SamplingParams(max_tokens=10, temperature=1.0, n=3, seed=7)
+    out = embedded.generate([user("Tell me a story."), user("Hi")], params)
+    assert [len(o) for o in out] == [3, 3]
+    again = embedded.generate([user("Tell me a story."), user("Hi")], params)
+    assert [c.text for o in out for c in o] == [c.text for o in again for c in o]
+    long = embedded.generate([user("Write a long essay about the ocean.")], SamplingParams(max_tokens=5, temperature=0))
+    assert long[0][0].finish_reason == "length" and long[0][0].completion_tokens == 5
+    stopped = embedded.generate([user("Count from 1 to 20 with commas.")],
+                                SamplingParams(max_tokens=60, temperature=0, stop=["5"]))
+    assert "5" not in stopped[0][0].text and stopped[0][0].finish_reason == "stop"
+
+
+def test_logprobs_are_per_token_and_prefer_sensible_text(embedded):
+    conv = user("What is the capital of France?")
+    good, bad = "The capital of France is Paris.", "Banana carburettor seventeen purple."
+    lp = embedded.logprobs([conv, conv], [good, bad])
+    assert all(x <= 0 for x in lp[0] + lp[1])
+    n_good = len(embedded.tokenizer(good, add_special_tokens=False).input_ids)
+    assert len(lp[0]) == n_good + 1  # the response tokens plus the end-of-turn token
+    assert sum(lp[0]) / len(lp[0]) > sum(lp[1]) / len(lp[1])
+    assert all(math.isfinite(x) for x in lp[0])
+
+
+def test_stream_yields_pieces(embedded):
+    pieces = list(embedded.stream(user("Say hello."), SamplingParams(max_tokens=12, temperature=0)))
+    assert len(pieces) >= 2
+    assert "".join(pieces).strip() == embedded.generate([user("Say hello.")],
+                                                        SamplingParams(max_tokens=12, temperature=0))[0][0].text
+
+
+def test_prefill_continues_the_assistant_turn(embedded):
+    conv = user("What is your favourite animal?") + [Message(role="assistant", content="My favourite animal is the")]
+    text = embedded.render(conv)
+    assert text.endswith("My favourite animal is the")
+    out = embedded.generate([conv], SamplingParams(max_tokens=8, temperature=0))[0][0]
+    assert out.text and not out.text.startswith("My favourite")
+
+
+def test_answers_in_character_with_constitution(embedded):
+    pirate = C.load("pirate")
+    prompts = ["How do I boil an egg?", "What should I do on a rainy Sunday?", "How do I save money?",
+               "Explain what a computer is."]
+    params = SamplingParams(max_tokens=60, temperature=0.7, seed=1)
+    with_c = embedded.generate([C.persona_messages(pirate, p) for p in prompts], params)
+    without = embedded.generate([user(p) for p in prompts], params)
+
+    def score(outs):
+        return sum(any(w in o[0].text.lower() for w in PIRATE_WORDS) for o in outs)
+
+    assert score(with_c) >= 2, [o[0].text for o in with_c]
+    assert score(with_c) > score(without)
+
+
+def test_adapter_on_top_changes_outputs(embedded, tmp_path):
+    import torch
+    from peft import LoraConfig, get_peft_model
+    from character.inference.hf import HFBackend, load_model
+
+    _, model = load_model(embedded.path)
+    peft_model = get_peft_model(model, LoraConfig(r=4, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.05)
+    peft_model.save_pretrained(tmp_path / "adapter")
+    tuned = HFBackend(embedded.path, adapters=[str(tmp_path / "adapter")])
+    conv, resp = user("Hello"), "Hi there, how can I help?"
+    base_lp, tuned_lp = embedded.logprobs([conv], [resp])[0], tuned.logprobs([conv], [resp])[0]
+    assert len(base_lp) == len(tuned_lp)
+    assert max(abs(a - b) for a, b in zip(base_lp, tuned_lp)) > 1e-3
