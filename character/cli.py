@@ -1,7 +1,10 @@
 """The `character` command. One subcommand per stage; user errors print one line and exit 1.
 
     character constitution list | show NAME | validate PATH... | import PATH | draft "DESCRIPTION"
-    character chat --constitution NAME [--model SPEC] [-m MESSAGE]
+    character run RECIPE [RECIPE ...] [--stages ...] [--parallel N] [--restart] [--set key=value ...]
+    character prompts|distill|introspect|merge RECIPE;  character train dpo|sft RECIPE
+    character chat [RUN_OR_MODEL] [--compare base] [--system TEXT | --constitution NAME] [-m MESSAGE]
+    character report RUN;  character export RUN --format trl|openai-sft|openai-dpo|together --out FILE
     character studio
 """
 
@@ -76,18 +79,41 @@ def cmd_constitution(args) -> int:
 
 # -- chat --------------------------------------------------------------------------------------
 
+def resolve_chat_target(target: str | None) -> tuple[str, dict, str]:
+    """(model spec, backend options, base spec) for a run name or a model spec."""
+    from .runs import SLUG, runs_root
+    if target and SLUG.match(target) and target != "embedded" and (runs_root() / target).is_dir():
+        rdir = runs_root() / target
+        base = "embedded"
+        if (rdir / "recipe.yaml").exists():
+            import yaml
+            base = (yaml.safe_load((rdir / "recipe.yaml").read_text()).get("models") or {}).get("student", base)
+        if (rdir / "merge" / "model" / "config.json").exists():
+            return f"hf/{rdir / 'merge' / 'model'}", {}, base
+        adapters = [str(rdir / k / "adapter") for k in ("dpo",) if (rdir / k / "adapter").exists()]
+        if adapters:
+            return base, {"adapters": adapters}, base
+        raise CharacterError(f"run={target!r}: no trained model yet; run `character run` to the dpo stage first")
+    spec = target or default_model("student")
+    return spec, {}, spec
+
+
 def cmd_chat(args) -> int:
     from . import constitution as C
     from .inference import get_backend
     from .types import Message, SamplingParams
 
-    spec = args.model or default_model("student")
-    options = {"adapters": args.adapter} if args.adapter else {}
-    history: list[Message] = []
+    spec, options, base_spec = resolve_chat_target(args.target or args.model)
+    if args.adapter:
+        options["adapters"] = args.adapter
+    system = args.system
     if args.constitution:
-        history.append(Message(role="system", content=C.render_system_prompt(C.load(args.constitution))))
+        system = C.render_system_prompt(C.load(args.constitution))
     backend = get_backend(spec, **options)
+    compare = get_backend(base_spec) if args.compare == "base" else None
     params = SamplingParams(max_tokens=args.max_tokens, temperature=args.temperature, seed=args.seed)
+    history: list[Message] = [Message(role="system", content=system)] if system else []
+    base_history = list(history)
     messages = [args.message] if args.message else None
     while True:
         if messages is not None:
@@ -103,13 +129,74 @@ def cmd_chat(args) -> int:
             if text in ("", "/quit", "/exit"):
                 return 0
         history.append(Message(role="user", content=text))
-        print("bot> ", end="", flush=True)
+        print("bot> " if compare is None else "trained> ", end="", flush=True)
         reply = ""
         for piece in backend.stream(history, params):
             reply += piece
             print(piece, end="", flush=True)
         print()
         history.append(Message(role="assistant", content=reply.strip()))
+        if compare is not None:
+            base_history.append(Message(role="user", content=text))
+            print("base> ", end="", flush=True)
+            reply = ""
+            for piece in compare.stream(base_history, params):
+                reply += piece
+                print(piece, end="", flush=True)
+            print()
+            base_history.append(Message(role="assistant", content=reply.strip()))
+
+
+# -- pipeline ----------------------------------------------------------------------------------
+
+def cmd_run(args) -> int:
+    from .config import load_recipe
+    from .pipeline import run_parallel, run_recipe, summary
+
+    cfgs = [load_recipe(r, args.set) for r in args.recipes]  # validate every recipe before starting any
+    if len(cfgs) > 1 and args.parallel > 1:
+        extra = [*(["--stages", *args.stages] if args.stages else []), *(["--restart"] if args.restart else []),
+                 *(["--set", *args.set] if args.set else [])]
+        return run_parallel(args.recipes, extra, args.parallel)
+    for cfg in cfgs:
+        outcome = run_recipe(cfg, args.stages, args.restart, say=_progress)
+        print(summary(cfg, outcome))
+    return 0
+
+
+def cmd_stage(args) -> int:
+    from .config import load_recipe
+    from .pipeline import run_recipe, summary
+
+    stage = args.command if args.command != "train" else args.kind
+    cfg = load_recipe(args.recipe, args.set)
+    outcome = run_recipe(cfg, [stage], args.restart, say=_progress)
+    print(summary(cfg, outcome))
+    return 0
+
+
+def cmd_report(args) -> int:
+    from .report import run_summary
+    from .runs import run_dir
+    rdir = run_dir(args.run)
+    if not rdir.is_dir():
+        raise CharacterError(f"run={args.run!r}: no such run in {rdir.parent}")
+    print(run_summary(rdir))
+    return 0
+
+
+def cmd_export(args) -> int:
+    import json as _json
+    from .distill import EXPORTERS
+    from .runs import read_jsonl, run_dir, write_atomic
+    from .types import PreferencePair
+    pairs = read_jsonl(run_dir(args.run) / "distill" / "pairs.jsonl", PreferencePair)
+    if not pairs:
+        raise CharacterError(f"run={args.run!r}: no pairs to export; run the distill stage first")
+    fn = EXPORTERS[args.format]
+    write_atomic(Path(args.out), "".join(_json.dumps(fn(p), ensure_ascii=False) + "\n" for p in pairs))
+    print(f"wrote {len(pairs)} rows to {args.out} ({args.format})")
+    return 0
 
 
 def cmd_studio(args) -> int:
@@ -117,6 +204,43 @@ def cmd_studio(args) -> int:
     os.execvp(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app),
                                "--server.address", args.address, "--server.port", str(args.port),
                                "--server.headless", "true"])
+    return 0
+
+
+def cmd_contexts(args) -> int:
+    from .conversations import ContextSet, generate_contexts
+    from .inference import get_backend
+    from .runs import write_atomic
+    out = Path(args.out)
+    if out.exists() and not args.force:
+        raise CharacterError(f"out={args.out!r}: file exists; choose another path or pass --force")
+    spec = args.model or default_model("teacher")
+    contexts = generate_contexts(args.theme, args.num_contexts, get_backend(spec), seed=args.seed)
+    write_atomic(out, ContextSet(theme=args.theme, model=spec, contexts=contexts).model_dump_json(indent=2))
+    print(f"wrote {len(contexts)} contexts to {out}")
+    return 0
+
+
+def cmd_conversations(args) -> int:
+    from . import constitution as C
+    from .conversations import ContextSet, run_conversations
+    from .inference import get_backend
+    from .types import SamplingParams
+    path = Path(args.context_file)
+    if not path.is_file():
+        raise CharacterError(f"context_file={args.context_file!r}: no such file; make one with `character contexts`")
+    try:
+        cset = ContextSet.model_validate_json(path.read_text(encoding="utf-8"))
+    except ValueError as e:
+        raise CharacterError(f"context_file={path.name!r}: not a contexts file ({str(e).splitlines()[0]})") from None
+    user_persona = Path(args.user_persona).read_text() if Path(args.user_persona).is_file() else args.user_persona
+    persona = C.load(args.assistant_persona)
+    a_spec = args.assistant_model or default_model("teacher")
+    u_spec = args.user_model or default_model("teacher")
+    made = run_conversations(cset.contexts, persona, user_persona, get_backend(a_spec), get_backend(u_spec),
+                             args.num_conversations, args.num_turns, Path(args.out),
+                             SamplingParams(max_tokens=args.max_tokens, temperature=0.7, seed=args.seed))
+    print(f"wrote {made} new conversations to {args.out}")
     return 0
 
 
@@ -140,8 +264,11 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=cmd_constitution)
 
-    ch = sub.add_parser("chat", help="chat with a model, optionally in a constitution's character")
-    ch.add_argument("--model", help="model spec (default: the student model, 'embedded')")
+    ch = sub.add_parser("chat", help="chat with a trained run or any model, optionally beside the base model")
+    ch.add_argument("target", nargs="?", help="RUN name or model spec (default: the student model, 'embedded')")
+    ch.add_argument("--model", help="model spec (same as giving it as TARGET)")
+    ch.add_argument("--compare", choices=["base"], help="also show the base model's answer")
+    ch.add_argument("--system", help="system prompt text")
     ch.add_argument("--constitution", help="use this constitution as the system prompt")
     ch.add_argument("--adapter", action="append", help="PEFT adapter folder to apply (repeatable)")
     ch.add_argument("-m", "--message", help="send one message and exit")
@@ -149,6 +276,61 @@ def build_parser() -> argparse.ArgumentParser:
     ch.add_argument("--temperature", type=float, default=0.7)
     ch.add_argument("--seed", type=int, default=None)
     ch.set_defaults(func=cmd_chat)
+
+    r = sub.add_parser("run", help="run a recipe's stages in order (resumes; skips finished stages)")
+    r.add_argument("recipes", nargs="+", help="recipe YAML file(s)")
+    r.add_argument("--stages", nargs="+", help="only these stages (prompts distill dpo introspect sft merge)")
+    r.add_argument("--parallel", type=int, default=1, help="run several recipes as parallel processes")
+    r.add_argument("--restart", action="store_true", help="redo the first chosen stage and everything after it")
+    r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides, e.g. dpo.lr=1e-4")
+    r.set_defaults(func=cmd_run)
+
+    for name, helptext in (("prompts", "build the prompt mix"), ("distill", "teacher vs student preference pairs"),
+                           ("introspect", "self-reflection and self-interaction SFT data"),
+                           ("merge", "combine DPO and SFT adapters; export adapter and merged model")):
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("recipe")
+        sp.add_argument("--restart", action="store_true")
+        sp.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+        sp.set_defaults(func=cmd_stage)
+    t = sub.add_parser("train", help="train the dpo or sft LoRA adapter")
+    t.add_argument("kind", choices=["dpo", "sft"])
+    t.add_argument("recipe")
+    t.add_argument("--restart", action="store_true")
+    t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    t.set_defaults(func=cmd_stage)
+
+    cx = sub.add_parser("contexts", help="LLM-written scenario contexts for a theme (JSON)")
+    cx.add_argument("--theme", required=True)
+    cx.add_argument("--num-contexts", type=int, required=True)
+    cx.add_argument("--model", help="model spec (default: the teacher model)")
+    cx.add_argument("--out", required=True)
+    cx.add_argument("--force", action="store_true")
+    cx.add_argument("--seed", type=int, default=0)
+    cx.set_defaults(func=cmd_contexts)
+
+    cv = sub.add_parser("conversations", help="assistant persona vs simulated user, per scenario context (JSONL)")
+    cv.add_argument("--assistant-persona", required=True, help="constitution name or path")
+    cv.add_argument("--assistant-model")
+    cv.add_argument("--user-persona", required=True, help="system prompt text, or a file holding it")
+    cv.add_argument("--user-model")
+    cv.add_argument("--context-file", required=True)
+    cv.add_argument("--num-conversations", type=int, required=True)
+    cv.add_argument("--num-turns", type=int, required=True, help="1 = assistant only, 2 = + user, 3 = + assistant")
+    cv.add_argument("--max-tokens", type=int, default=256)
+    cv.add_argument("--seed", type=int, default=0)
+    cv.add_argument("--out", required=True)
+    cv.set_defaults(func=cmd_conversations)
+
+    rp = sub.add_parser("report", help="summarise a run")
+    rp.add_argument("run")
+    rp.set_defaults(func=cmd_report)
+
+    ex = sub.add_parser("export", help="export a run's preference pairs for other trainers")
+    ex.add_argument("run")
+    ex.add_argument("--format", choices=["trl", "openai-sft", "openai-dpo", "together"], default="trl")
+    ex.add_argument("--out", required=True)
+    ex.set_defaults(func=cmd_export)
 
     s = sub.add_parser("studio", help="open the Studio web app (http://localhost:8501)")
     s.add_argument("--port", type=int, default=8501)

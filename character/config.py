@@ -49,3 +49,169 @@ def default_model(role: str) -> str:
 def key_status() -> dict[str, bool]:
     """Whether each secret is set; the value itself is never returned."""
     return {name: bool(env(name)) for name in SECRET_VARS}
+
+
+# -- recipes -----------------------------------------------------------------------------------
+# A recipe is one YAML file: which constitution, which model per role, how much data, how to
+# train. `character run RECIPE key.sub=value ...` applies dotted overrides; every error is listed.
+
+import yaml  # noqa: E402
+from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticError  # noqa: E402
+
+from .errors import ValidationError as RecipeError  # noqa: E402
+from .types import SamplingParams  # noqa: E402
+
+STAGES = ("prompts", "distill", "dpo", "introspect", "sft", "merge")
+
+
+class _Cfg(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class ModelsConfig(_Cfg):
+    teacher: str = Field(default_factory=lambda: default_model("teacher"), description="Answers in character (chosen).")
+    student: str = Field(default_factory=lambda: default_model("student"), description="The model being trained; answers plainly (rejected).")
+    judge: str = Field(default_factory=lambda: default_model("judge"), description="Scores and drafts (evaluation).")
+    options: dict[str, dict] = Field(default_factory=dict, description="Backend options per model spec, e.g. base_url, fallback.")
+
+
+class PromptsConfig(_Cfg):
+    total: int = Field(64, ge=1, description="Prompts to build in all.")
+    mix: dict[str, float] = Field(default_factory=lambda: {"constitution": 0.5, "expanded": 0.0, "templates": 0.25,
+                                                           "generic": 0.25},
+                                  description="Share of each source: constitution, expanded, templates, generic.")
+    expand_per_trait: int = Field(0, ge=0, description="LLM-written extra questions per trait (source 'expanded').")
+    persona_hint_rate: float = Field(0.2, ge=0, le=1, description="Share of template prompts that mention the persona.")
+    max_prompt_tokens: int = Field(512, ge=8, description="Prompts longer than this (student tokenizer) are dropped.")
+
+
+class DistillConfig(_Cfg):
+    sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(max_tokens=256, temperature=0.7,
+                                                                            repetition_penalty=1.1))
+    reasoning_prefill: bool = Field(False, description="Teacher restates its traits in a prefilled reasoning block first.")
+    batch_size: int = Field(8, ge=1, description="Prompts per generation call; rows are saved after each call.")
+    heldout: float = Field(0.1, ge=0, lt=1, description="Share of pairs kept out of DPO training for evaluation.")
+    drop_truncated: bool = Field(True, description="Drop pairs where either answer hit the token limit.")
+
+
+class TrainConfig(_Cfg):
+    rank: int = Field(32, ge=1, description="LoRA rank (seeds: DPO 32, SFT 256; paper: 64).")
+    alpha: int = Field(64, ge=1, description="LoRA alpha; scaling is alpha / rank.")
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: str | list[str] = Field("all-linear", description="Modules to adapt; 'all-linear' = every linear layer.")
+    lr: float = Field(1e-4, gt=0, description="Learning rate (LoRA wants ~10x full fine-tuning rates).")
+    beta: float = Field(0.1, gt=0, description="DPO beta: strength of the pull toward the reference.")
+    nll: float = Field(0.1, ge=0, description="Weight of the NLL (RPO) term on chosen answers, DPO only.")
+    epochs: float = Field(1.0, gt=0)
+    batch_size: int = Field(4, ge=1, description="Per-device batch (seeds: <= 16).")
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(512, ge=16, description="Longest sequence in tokens; longer rows are truncated.")
+    warmup_ratio: float = Field(0.1, ge=0, lt=1)
+    seed: int = 0
+    backend: str = Field("trl", description="Training backend: trl (local) or tinker (remote).")
+
+
+class IntrospectConfig(_Cfg):
+    reflection_prompts: int = Field(10, ge=1, description="How many of the shipped self-reflection prompts to use.")
+    samples_per_prompt: int = Field(2, ge=1, description="Answers sampled per reflection prompt.")
+    interactions: int = Field(2, ge=0, description="Self-interaction conversations.")
+    turns: int = Field(4, ge=2, description="Utterances per self-interaction conversation.")
+    thinking_examples: int = Field(0, ge=0, description="'Think in character' examples on constitution questions.")
+    include_thinking: bool = Field(False, description="Also train SFT on the thinking examples (<think> format).")
+    sampling: SamplingParams = Field(default_factory=lambda: SamplingParams(max_tokens=256, temperature=0.7,
+                                                                            repetition_penalty=1.1))
+
+
+class MergeConfig(_Cfg):
+    weights: list[float] = Field(default_factory=lambda: [1.0, 0.25], description="Weights of the DPO and SFT adapters.")
+
+
+class RecipeConfig(_Cfg):
+    name: str = Field(description="Run folder name (a safe slug).")
+    constitution: str = Field(description="Constitution name or path.")
+    seed: int = 0
+    stages: list[str] = Field(default_factory=lambda: list(STAGES), description="Stages to run, in order.")
+    models: ModelsConfig = Field(default_factory=ModelsConfig)
+    prompts: PromptsConfig = Field(default_factory=PromptsConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
+    dpo: TrainConfig = Field(default_factory=TrainConfig)
+    introspect: IntrospectConfig = Field(default_factory=IntrospectConfig)
+    sft: TrainConfig = Field(default_factory=lambda: TrainConfig(rank=64, alpha=128))
+    merge: MergeConfig = Field(default_factory=MergeConfig)
+
+
+def apply_override(data: dict, item: str) -> None:
+    key, sep, raw = item.partition("=")
+    if not sep or not key:
+        raise RecipeError(f"override={item!r}: write overrides as dotted.key=value, e.g. dpo.lr=1e-4")
+    node = data
+    parts = key.split(".")
+    for p in parts[:-1]:
+        node = node.setdefault(p, {})
+        if not isinstance(node, dict):
+            raise RecipeError(f"override={item!r}: {p} is not a section")
+    node[parts[-1]] = yaml.safe_load(raw) if raw else ""
+
+
+def recipe_errors(data: dict) -> list[str]:
+    """Every problem in a recipe, one line each (empty when valid)."""
+    from .inference import parse_spec
+    from .runs import SLUG
+    errors = []
+    try:
+        cfg = RecipeConfig.model_validate(data)
+    except PydanticError as e:
+        for err in e.errors():
+            loc = ".".join(str(x) for x in err["loc"])
+            msg = err["msg"].removeprefix("Value error, ")
+            if err["type"] == "extra_forbidden":
+                msg = "unknown field; remove it or check the spelling"
+            errors.append(f"{loc}={err.get('input')!r}: {msg}"[:300])
+        return errors
+    if not SLUG.match(cfg.name):
+        errors.append(f"name={cfg.name!r}: use lowercase letters, digits, '-' or '_' (no '/', '..')")
+    for role in ("teacher", "student", "judge"):
+        try:
+            parse_spec(getattr(cfg.models, role))
+        except Exception as e:  # noqa: BLE001 - collected into the list
+            errors.append(f"models.{role}: {e}")
+    for s in cfg.stages:
+        if s not in STAGES:
+            errors.append(f"stages: {s!r} is not a stage; use some of {', '.join(STAGES)}")
+    for k in cfg.prompts.mix:
+        if k not in ("constitution", "expanded", "templates", "generic"):
+            errors.append(f"prompts.mix.{k}: unknown source; use constitution, expanded, templates, generic")
+    if sum(cfg.prompts.mix.values()) <= 0:
+        errors.append("prompts.mix: the shares add up to 0; give at least one source a positive share")
+    if cfg.prompts.mix.get("expanded", 0) > 0 and cfg.prompts.expand_per_trait == 0:
+        errors.append("prompts.expand_per_trait=0: the mix asks for expanded prompts; set expand_per_trait > 0")
+    if len(cfg.merge.weights) != 2:
+        errors.append(f"merge.weights={cfg.merge.weights}: give two weights, [dpo, sft]")
+    for sec in ("dpo", "sft"):
+        if getattr(cfg, sec).backend not in ("trl", "tinker"):
+            errors.append(f"{sec}.backend={getattr(cfg, sec).backend!r}: use trl or tinker")
+    return errors
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple = ()) -> RecipeConfig:
+    p = Path(path)
+    if not p.is_file():
+        raise RecipeError(f"recipe={str(path)!r}: no such file; give a YAML recipe such as configs/pirate-cpu.yaml")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise RecipeError(f"recipe={str(path)!r}: cannot parse ({str(e).splitlines()[0]}); fix the YAML") from None
+    if not isinstance(data, dict):
+        raise RecipeError(f"recipe={str(path)!r}: expected a mapping of sections")
+    for item in overrides:
+        apply_override(data, item)
+    errors = recipe_errors(data)
+    if errors:
+        raise RecipeError(f"recipe {p.name}: {len(errors)} problem(s): " + " | ".join(errors))
+    return RecipeConfig.model_validate(data)
+
+
+def config_hash(section: BaseModel | dict) -> str:
+    from .types import stable_id
+    data = section.model_dump() if isinstance(section, BaseModel) else section
+    return stable_id(data)

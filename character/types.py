@@ -51,6 +51,20 @@ class Completion(Record):
     completion_tokens: int = 0
 
 
+class Prompt(Record):
+    id: str
+    text: str
+    source: Literal["constitution", "expanded", "templates", "generic"]
+    trait: str | None = None
+
+
+class FilteredItem(Record):
+    """A prompt a stage dropped, and why (so resume does not redo it and counts stay exact)."""
+
+    id: str
+    reason: str
+
+
 class PreferencePair(Record):
     id: str
     prompt: str
@@ -122,6 +136,7 @@ class StageStatus(Record):
     failed: int = 0
     total: int | None = None
     filtered: dict[str, int] = Field(default_factory=dict)
+    counts: dict[str, int] = Field(default_factory=dict)
     config_hash: str = ""
     started: float | None = None
     finished: float | None = None

@@ -1,0 +1,188 @@
+"""Stage `distill`: preference pairs. The teacher answers with the constitution in context
+(chosen); the student answers the bare prompt (rejected).
+
+    character distill RECIPE            -> runs/<run>/distill/pairs.jsonl (+ filtered.jsonl, status.json)
+Pairs are appended as each batch completes. Batches are fixed slices of the prompt list with a
+seed per batch, so a resumed run regenerates an interrupted batch exactly and ends with the same
+pairs as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import time
+import unicodedata
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .constitution import Constitution, render_system_prompt
+from .types import Completion, Conversation, FilteredItem, Message, PreferencePair, Prompt, SamplingParams
+
+THINK_OPEN, THINK_CLOSE = "<think>\n", "</think>"
+
+
+# -- pure helpers ------------------------------------------------------------------------------
+
+def teacher_conversation(c: Constitution, prompt: str, reasoning_prefill: bool = False) -> Conversation:
+    conv = [Message(role="system", content=render_system_prompt(c)), Message(role="user", content=prompt)]
+    if reasoning_prefill:
+        traits = "\n".join(f"{i + 1}: {t.trait}" for i, t in enumerate(c.traits))
+        conv.append(Message(role="assistant", content=(
+            f"{THINK_OPEN}I want my reply to come from my character and show it naturally:\n{traits}\n")))
+    return conv
+
+
+def student_conversation(prompt: str) -> Conversation:
+    return [Message(role="user", content=prompt)]
+
+
+def strip_reasoning(text: str) -> str | None:
+    """The answer after the reasoning block; None when the block never closed."""
+    if THINK_CLOSE not in text:
+        return None
+    return text.split(THINK_CLOSE, 1)[1].strip()
+
+
+def ends_cleanly(text: str) -> bool:
+    """The paper's truncation check: a complete answer ends with punctuation (or a symbol/emoji)."""
+    text = text.rstrip()
+    return bool(text) and unicodedata.category(text[-1])[0] in "PS"
+
+
+def filter_reason(prompt_tokens: int, max_prompt_tokens: int, chosen: Completion, rejected: Completion,
+                  drop_truncated: bool) -> str | None:
+    if prompt_tokens > max_prompt_tokens:
+        return "prompt_too_long"
+    if not chosen.text.strip() or not rejected.text.strip():
+        return "empty"
+    if drop_truncated and (chosen.finish_reason == "length" or rejected.finish_reason == "length"):
+        return "truncated"
+    if chosen.text.strip() == rejected.text.strip():
+        return "identical"
+    return None
+
+
+def count_tokens(backend, text: str) -> int:
+    tok = getattr(backend, "tokenizer", None)
+    if tok is not None:
+        return len(tok(text, add_special_tokens=False).input_ids)
+    return len(text) // 4 + 1  # remote backends: a rough estimate (about 4 characters a token)
+
+
+# -- core --------------------------------------------------------------------------------------
+
+def make_pairs(c: Constitution, prompts: list[Prompt], teacher, student, sampling: SamplingParams,
+               reasoning_prefill: bool = False, max_prompt_tokens: int = 512,
+               drop_truncated: bool = True) -> tuple[list[PreferencePair], list[FilteredItem]]:
+    """Answer `prompts` with both models and return (pairs, filtered). No I/O."""
+    prefill = reasoning_prefill and teacher.supports_prefill
+    t_out = teacher.generate([teacher_conversation(c, p.text, prefill) for p in prompts], sampling)
+    s_out = student.generate([student_conversation(p.text) for p in prompts], sampling)
+    pairs, filtered = [], []
+    for p, t, s in zip(prompts, t_out, s_out):
+        chosen = t[0]
+        if prefill:
+            answer = strip_reasoning(chosen.text)
+            if answer is None:
+                filtered.append(FilteredItem(id=p.id, reason="no_reasoning_end"))
+                continue
+            chosen = chosen.model_copy(update={"text": answer})
+        reason = filter_reason(count_tokens(student, p.text), max_prompt_tokens, chosen, s[0], drop_truncated)
+        if reason:
+            filtered.append(FilteredItem(id=p.id, reason=reason))
+            continue
+        pairs.append(PreferencePair(id=p.id, prompt=p.text, chosen=chosen.text, rejected=s[0].text, trait=p.trait,
+                                    source=p.source, constitution=c.name, teacher_model=teacher.name,
+                                    student_model=student.name, sampling=sampling))
+    return pairs, filtered
+
+
+def is_heldout(pair_id: str, share: float) -> bool:
+    """Deterministic split by id, so resume and reruns keep the same held-out pairs."""
+    return int(pair_id[:8], 16) / 0xFFFFFFFF < share
+
+
+# -- exporters ---------------------------------------------------------------------------------
+
+def to_trl(pair: PreferencePair) -> dict:
+    """TRL's conversational preference format (no system prompt: the student learns the voice bare)."""
+    return {"prompt": [{"role": "user", "content": pair.prompt}],
+            "chosen": [{"role": "assistant", "content": pair.chosen}],
+            "rejected": [{"role": "assistant", "content": pair.rejected}]}
+
+
+def to_openai_sft(pair: PreferencePair) -> dict:
+    """OpenAI / Together chat fine-tuning JSONL row (the chosen answer)."""
+    return {"messages": [{"role": "user", "content": pair.prompt}, {"role": "assistant", "content": pair.chosen}]}
+
+
+def to_openai_dpo(pair: PreferencePair) -> dict:
+    """OpenAI preference fine-tuning JSONL row."""
+    return {"input": {"messages": [{"role": "user", "content": pair.prompt}]},
+            "preferred_output": [{"role": "assistant", "content": pair.chosen}],
+            "non_preferred_output": [{"role": "assistant", "content": pair.rejected}]}
+
+
+def from_trl(row: dict) -> tuple[str, str, str]:
+    return row["prompt"][-1]["content"], row["chosen"][-1]["content"], row["rejected"][-1]["content"]
+
+
+EXPORTERS = {"trl": to_trl, "openai-sft": to_openai_sft, "openai-dpo": to_openai_dpo, "together": to_openai_sft}
+
+
+# -- stage -------------------------------------------------------------------------------------
+
+def run(cfg, run_dir: Path) -> dict:
+    from . import constitution as C
+    from .config import config_hash
+    from .inference import get_backend
+    from .runs import JsonlWriter, read_jsonl, read_status, write_status
+    from .types import StageStatus
+
+    stage = run_dir / "distill"
+    prompts = read_jsonl(run_dir / "prompts" / "prompts.jsonl", Prompt)
+    pairs_path, filtered_path = stage / "pairs.jsonl", stage / "filtered.jsonl"
+    done_ids = {p.id for p in read_jsonl(pairs_path, PreferencePair)}
+    filtered = read_jsonl(filtered_path, FilteredItem)
+    done_ids |= {f.id for f in filtered}
+    chash = config_hash({"distill": cfg.distill.model_dump(), "models": cfg.models.model_dump(),
+                         "constitution": cfg.constitution})
+    old = read_status(stage)
+    status = StageStatus(stage="distill", state="running", total=len(prompts), config_hash=chash,
+                         started=old.started if old and old.started else time.time())
+    write_status(stage, status)
+    c = C.load(cfg.constitution)
+    teacher = get_backend(cfg.models.teacher, **cfg.models.options.get(cfg.models.teacher, {}))
+    student = get_backend(cfg.models.student, **cfg.models.options.get(cfg.models.student, {}))
+    bs = cfg.distill.batch_size
+    batches = [prompts[i:i + bs] for i in range(0, len(prompts), bs)]
+    bar = tqdm(total=len(prompts), desc="distill", unit="prompt", initial=len(done_ids & {p.id for p in prompts}))
+    n_pairs = len(done_ids) - len(filtered)
+    with JsonlWriter(pairs_path) as pw, JsonlWriter(filtered_path) as fw:
+        for b, batch in enumerate(batches):
+            if all(p.id in done_ids for p in batch):
+                continue
+            sampling = cfg.distill.sampling.model_copy(update={"seed": cfg.seed * 100003 + b})
+            pairs, dropped = make_pairs(c, batch, teacher, student, sampling, cfg.distill.reasoning_prefill,
+                                        cfg.prompts.max_prompt_tokens, cfg.distill.drop_truncated)
+            for p in pairs:
+                if p.id not in done_ids:
+                    pw.write(p)
+                    done_ids.add(p.id)
+                    n_pairs += 1
+            for f in dropped:
+                if f.id not in done_ids:
+                    fw.write(f)
+                    filtered.append(f)
+                    done_ids.add(f.id)
+            bar.update(len(batch))
+            status.done = n_pairs
+            status.filtered = {r: sum(f.reason == r for f in filtered) for r in sorted({f.reason for f in filtered})}
+            write_status(stage, status)
+    bar.close()
+    pairs = read_jsonl(pairs_path, PreferencePair)
+    status.done = len(pairs)
+    status.counts = {"heldout": sum(is_heldout(p.id, cfg.distill.heldout) for p in pairs)}
+    status.state, status.finished = "done", time.time()
+    write_status(stage, status)
+    return {"pairs": len(pairs), "filtered": status.filtered}

@@ -1,0 +1,97 @@
+"""`character run RECIPE`: the stages in order, each skipped when already done with the same
+settings, with a one-screen summary at the end.
+
+    prompts -> distill -> dpo -> introspect -> sft -> merge       (runs/<name>/...)
+A stage whose settings changed since it ran is reported and kept; `--restart` redoes it and
+everything after it. Several recipes run in parallel as separate processes (`--parallel N`).
+"""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+from .config import STAGES, RecipeConfig, config_hash
+from .runs import read_status, run_dir as run_dir_for, write_atomic
+
+
+def stage_hash(cfg: RecipeConfig, stage: str) -> str:
+    if stage == "prompts":
+        return config_hash(cfg.prompts)
+    if stage == "distill":
+        return config_hash({"distill": cfg.distill.model_dump(), "models": cfg.models.model_dump(),
+                            "constitution": cfg.constitution})
+    if stage in ("dpo", "sft"):
+        return config_hash(getattr(cfg, stage))
+    return config_hash(cfg.introspect if stage == "introspect" else cfg.merge)
+
+
+def run_stage(cfg: RecipeConfig, rdir: Path, stage: str) -> dict:
+    if stage == "prompts":
+        from . import prompts
+        return {"prompts": len(prompts.run(cfg, rdir))}
+    if stage == "distill":
+        from . import distill
+        return distill.run(cfg, rdir)
+    if stage in ("dpo", "sft"):
+        from . import train
+        return train.run(cfg, rdir, stage)
+    if stage == "introspect":
+        from . import introspect
+        return introspect.run(cfg, rdir)
+    from . import merge
+    return merge.run(cfg, rdir)
+
+
+def run_recipe(cfg: RecipeConfig, stages: list[str] | None = None, restart: bool = False,
+               say=print) -> dict:
+    import yaml
+    rdir = run_dir_for(cfg.name)
+    wanted = [s for s in STAGES if s in (stages or cfg.stages)]
+    if restart:
+        for s in STAGES[STAGES.index(wanted[0]):]:
+            shutil.rmtree(rdir / s, ignore_errors=True)
+    rdir.mkdir(parents=True, exist_ok=True)
+    write_atomic(rdir / "recipe.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
+    results, timings = {}, {}
+    for stage in wanted:
+        st = read_status(rdir / stage)
+        if st and st.state == "done":
+            if st.config_hash != stage_hash(cfg, stage):
+                say(f"[{stage}] settings changed since this stage ran; keeping it (pass --restart to redo it)")
+            else:
+                say(f"[{stage}] done already, skipped")
+            results[stage] = {"skipped": True, "done": st.done}
+            continue
+        say(f"[{stage}] running ...")
+        t = time.time()
+        results[stage] = run_stage(cfg, rdir, stage)
+        timings[stage] = time.time() - t
+        say(f"[{stage}] finished in {timings[stage]:.0f}s")
+    return {"run": str(rdir), "results": results, "timings": timings}
+
+
+def summary(cfg: RecipeConfig, outcome: dict) -> str:
+    from .report import run_summary
+    return run_summary(Path(outcome["run"]), outcome.get("timings", {}))
+
+
+def run_parallel(recipes: list[str], extra: list[str], parallel: int) -> int:
+    """Each recipe in its own `character run` process, at most `parallel` at a time."""
+    procs: list[tuple[str, subprocess.Popen]] = []
+    pending = list(recipes)
+    failed = 0
+    while pending or procs:
+        while pending and len(procs) < parallel:
+            r = pending.pop(0)
+            procs.append((r, subprocess.Popen([sys.executable, "-m", "character.cli", "run", r, *extra])))
+        for r, p in list(procs):
+            if p.poll() is not None:
+                procs.remove((r, p))
+                failed += p.returncode != 0
+                print(f"{r}: {'ok' if p.returncode == 0 else f'failed ({p.returncode})'}")
+        time.sleep(0.5)
+    return 1 if failed else 0

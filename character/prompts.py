@@ -1,0 +1,181 @@
+"""Prompt synthesis for distillation: four sources mixed by the recipe's ratios.
+
+1. constitution: the constitution's own trait questions;
+2. expanded: more questions per trait written by an LLM (few-shot from that trait's questions);
+3. templates: audiences x scenarios x objectives x constraints, some with a persona hint;
+4. generic: everyday requests shipped in character/data/generic_prompts.txt.
+
+    character run RECIPE --stages prompts      -> runs/<run>/prompts/prompts.jsonl
+A source with fewer distinct prompts than its share is cycled: a repeated prompt gets a new id and
+is answered again (the paper samples each prompt K=5 times). The seed makes the mix reproducible.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+from importlib import resources
+from pathlib import Path
+
+from tqdm import tqdm
+
+from .constitution import Constitution
+from .types import Message, Prompt, SamplingParams, stable_id
+
+SOURCES = ("constitution", "expanded", "templates", "generic")
+
+AUDIENCES = ["a nurse working night shifts", "a first-year university student", "a retired engineer",
+             "a parent of two toddlers", "a small bakery owner", "a high-school teacher", "a software developer",
+             "someone who just moved to a new country", "a freelance photographer", "a volunteer firefighter",
+             "a grandmother learning to use a smartphone", "a teenager saving for a bike"]
+SCENARIOS = ["planning my week", "preparing for a job interview", "trying to eat healthier",
+             "arguing with a friend about politics", "learning to cook", "organising a birthday party",
+             "stuck on a hard problem at work", "deciding whether to move house", "starting a new hobby",
+             "recovering from a bad day", "writing an important email", "trying to save money"]
+OBJECTIVES = ["help me make a plan", "explain what I should consider", "give me your honest opinion",
+              "suggest three ideas", "tell me what you would do", "help me understand the basics",
+              "point out what I might be missing", "cheer me up a little"]
+CONSTRAINTS = ["keep it short", "use simple words", "be specific", "give me steps I can follow today",
+               "don't use bullet points", "include one example"]
+
+
+def normalise(text: str) -> str:
+    return re.sub(r"[^a-z0-9 ]+", "", text.lower()).strip()
+
+
+def is_near_duplicate(text: str, accepted: list[str], overlap: float = 0.5) -> bool:
+    """The paper's heuristic: a repeat, or more than half its words already in one accepted question."""
+    words = set(normalise(text).split())
+    if not words:
+        return True
+    for other in accepted:
+        other_words = set(normalise(other).split())
+        if normalise(text) == normalise(other) or len(words & other_words) / len(words) > overlap:
+            return True
+    return False
+
+
+def names_persona_or_trait(text: str, c: Constitution, trait: str) -> bool:
+    low = text.lower()
+    name_words = [w for w in re.split(r"[-_ ]+", c.name) if len(w) >= 4]
+    return ("trait" in low or "persona" in low or trait.lower().rstrip(".") in low
+            or any(w in low for w in name_words))
+
+
+def parse_numbered(text: str) -> list[str]:
+    out = []
+    for line in text.splitlines():
+        m = re.match(r"^\s*\d+[.)]\s+(.+?)\s*$", line)
+        if m and m.group(1)[:1].isalpha() and m.group(1)[-1] in "?.!":
+            out.append(m.group(1))
+    return out
+
+
+def generic_pool() -> list[str]:
+    text = resources.files("character").joinpath("data/generic_prompts.txt").read_text(encoding="utf-8")
+    return [line.strip() for line in text.splitlines() if line.strip() and not line.startswith("#")]
+
+
+def template_prompts(c: Constitution, n: int, hint_rate: float, rng: random.Random) -> list[str]:
+    label = (c.system_prompt.split(",")[0].removeprefix("You are ").strip() if c.system_prompt else
+             c.name.replace("-", " "))
+    out = []
+    for _ in range(n):
+        text = (f"I'm {rng.choice(AUDIENCES)} and I'm {rng.choice(SCENARIOS)}. "
+                f"Can you {rng.choice(OBJECTIVES)}? Please {rng.choice(CONSTRAINTS)}.")
+        if rng.random() < hint_rate:
+            text = f"Hey {label}! " + text
+        out.append(text)
+    return out
+
+
+def expand_questions(c: Constitution, backend, per_trait: int, seed: int = 0, rounds: int = 3) -> dict[str, list[str]]:
+    """Ask a model for `per_trait` more questions per trait; numbered-list answers are parsed,
+    deduplicated and stripped of questions that name the persona or the trait."""
+    out: dict[str, list[str]] = {}
+    for i, t in enumerate(tqdm(c.traits, desc="expand prompts", unit="trait")):
+        accepted: list[str] = []
+        seen = list(t.questions)
+        for r in range(rounds):
+            if len(accepted) >= per_trait:
+                break
+            shots = "\n".join(f"{k + 1}. {q}" for k, q in enumerate(t.questions))
+            conv = [Message(role="system", content="You write realistic test messages for chat assistants."),
+                    Message(role="user", content=(
+                        f"An assistant should show this trait: \"{t.trait}\"\nWrite {per_trait + 5} more realistic "
+                        "user messages, on varied topics and of varied length, that give the assistant room to show "
+                        "the trait without naming it. Numbered list, one per line.\n\nExamples:\n" + shots))]
+            text = backend.generate([conv], SamplingParams(max_tokens=40 * (per_trait + 5), temperature=0.9,
+                                                           seed=seed + 100 * i + r))[0][0].text
+            for q in parse_numbered(text):
+                if len(accepted) < per_trait and not is_near_duplicate(q, seen) and not names_persona_or_trait(q, c, t.trait):
+                    accepted.append(q)
+                    seen.append(q)
+        out[t.trait] = accepted
+    return out
+
+
+def _cycle(items: list[tuple[str, str | None]], n: int, rng: random.Random) -> list[tuple[str, str | None, int]]:
+    if not items or n <= 0:
+        return []
+    out = []
+    rep = 0
+    while len(out) < n:
+        batch = items[:]
+        rng.shuffle(batch)
+        out += [(text, trait, rep) for text, trait in batch]
+        rep += 1
+    return out[:n]
+
+
+def split_counts(total: int, mix: dict[str, float]) -> dict[str, int]:
+    """Largest-remainder split of `total` by the shares in `mix`."""
+    weights = {k: max(0.0, mix.get(k, 0.0)) for k in SOURCES}
+    s = sum(weights.values())
+    raw = {k: total * w / s for k, w in weights.items()}
+    counts = {k: int(v) for k, v in raw.items()}
+    for k in sorted(raw, key=lambda k: raw[k] - counts[k], reverse=True)[: total - sum(counts.values())]:
+        counts[k] += 1
+    return counts
+
+
+def build_prompts(c: Constitution, total: int, mix: dict[str, float], seed: int = 0, hint_rate: float = 0.2,
+                  expanded: dict[str, list[str]] | None = None) -> list[Prompt]:
+    rng = random.Random(seed)
+    counts = split_counts(total, mix)
+    pools: dict[str, list[tuple[str, str | None]]] = {
+        "constitution": [(q, t.trait) for t in c.traits for q in t.questions],
+        "expanded": [(q, trait) for trait, qs in (expanded or {}).items() for q in qs],
+        "templates": [(p, None) for p in template_prompts(c, counts["templates"], hint_rate, rng)],
+        "generic": [(p, None) for p in generic_pool()],
+    }
+    prompts = []
+    for source in SOURCES:
+        for text, trait, rep in _cycle(pools[source], counts[source], rng):
+            prompts.append(Prompt(id=stable_id(source, text, rep, seed), text=text, source=source, trait=trait))
+    rng.shuffle(prompts)
+    return prompts
+
+
+def run(cfg, run_dir: Path) -> list[Prompt]:
+    """Stage `prompts`: write prompts.jsonl (whole file, atomically)."""
+    from . import constitution as C
+    from .inference import get_backend
+    from .runs import start_status, write_jsonl, write_status
+    from .config import config_hash
+
+    stage = run_dir / "prompts"
+    status = start_status(stage, "prompts", cfg.prompts.total, config_hash(cfg.prompts))
+    c = C.load(cfg.constitution)
+    expanded = None
+    if cfg.prompts.mix.get("expanded", 0) > 0:
+        model = cfg.models.teacher
+        expanded = expand_questions(c, get_backend(model, **cfg.models.options.get(model, {})),
+                                    cfg.prompts.expand_per_trait, cfg.seed)
+    prompts = build_prompts(c, cfg.prompts.total, cfg.prompts.mix, cfg.seed, cfg.prompts.persona_hint_rate, expanded)
+    write_jsonl(stage / "prompts.jsonl", prompts)
+    by_source = {s: sum(p.source == s for p in prompts) for s in SOURCES}
+    status = status.model_copy(update={"state": "done", "done": len(prompts), "counts": by_source,
+                                       "finished": __import__("time").time()})
+    write_status(stage, status)
+    return prompts

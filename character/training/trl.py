@@ -1,0 +1,189 @@
+"""Local LoRA training with TRL + PEFT: DPO on preference pairs, SFT on conversations.
+
+DPO's reference model is the base with the adapter disabled (TRL does this when given a PEFT
+config), so one model sits in memory. The NLL (RPO) term is TRL's "sft" loss added with the
+recipe's weight. SFT supervises every assistant turn (not only the last), using our own
+assistant-token mask, since most chat templates have no generation markers.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import Callable
+
+import torch
+from peft import LoraConfig, PeftModel
+from transformers import TrainerCallback
+
+from ..inference.hf import load_model
+from ..types import PreferencePair, SFTExample
+
+LogFn = Callable[[int, dict], None]
+
+
+def lora_config(cfg) -> LoraConfig:
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                      target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM")
+
+
+def trainer_args(cfg, out_dir: Path, kind: str):
+    """Our small TrainConfig mapped onto TRL's config, in one visible place."""
+    from trl import DPOConfig, SFTConfig
+    common = dict(output_dir=str(out_dir / "trainer"), learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
+                  per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
+                  max_length=cfg.max_length, warmup_steps=cfg.warmup_ratio, lr_scheduler_type="cosine",
+                  seed=cfg.seed, logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=False,
+                  bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
+                  use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0)
+    if kind == "dpo":
+        losses, weights = (["sigmoid", "sft"], [1.0, cfg.nll]) if cfg.nll > 0 else (["sigmoid"], [1.0])
+        return DPOConfig(beta=cfg.beta, loss_type=losses, loss_weights=weights, **common)
+    return SFTConfig(packing=False, **common)
+
+
+class _Metrics(TrainerCallback):
+    def __init__(self, log_metrics: LogFn):
+        self.log_metrics = log_metrics
+        self.history: list[dict] = []
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if logs:
+            row = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
+            self.history.append(row)
+            self.log_metrics(state.global_step, row)
+
+
+def _adapter_state(model) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
+
+
+def load_base(base: str, init_adapters: list[str] = ()):
+    """The student, with earlier adapters folded into its weights (SFT trains on the DPO-merged model)."""
+    tokenizer, model = load_model(base)
+    for path in init_adapters:
+        model = PeftModel.from_pretrained(model, path).merge_and_unload()
+    tokenizer.padding_side = "right"  # training pads on the right; generation uses left
+    return tokenizer, model
+
+
+def train_dpo(pairs: list[PreferencePair], base: str, cfg, out_dir: Path, log_metrics: LogFn) -> dict:
+    from datasets import Dataset
+    from trl import DPOTrainer
+
+    from ..distill import to_trl
+    tokenizer, model = load_base(base)
+    dataset = Dataset.from_list([to_trl(p) for p in pairs])
+    cb = _Metrics(log_metrics)
+    trainer = DPOTrainer(model=model, args=trainer_args(cfg, out_dir, "dpo"), train_dataset=dataset,
+                         processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=[cb])
+    before = _adapter_state(trainer.model)
+    trainer.train()
+    return _finish(trainer, tokenizer, before, cb, out_dir)
+
+
+def tokenize_for_sft(tokenizer, messages: list[dict], max_length: int) -> dict:
+    """input_ids and an assistant mask (1 on every assistant turn's text and end token)."""
+    ids: list[int] = []
+    mask: list[int] = []
+    prev = ""
+    for i, m in enumerate(messages):
+        full = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
+        if m["role"] == "assistant" and i > 0:
+            head = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            segments = [(head[len(prev):], 0), (full[len(head):], 1)]
+            ok = head.startswith(prev) and full.startswith(head)
+        else:
+            segments = [(full[len(prev):], 0)]
+            ok = full.startswith(prev)
+        if not ok:
+            raise ValueError("this chat template rewrites earlier turns; cannot mask assistant tokens exactly")
+        for text, flag in segments:
+            piece = tokenizer(text, add_special_tokens=False).input_ids
+            ids += piece
+            mask += [flag] * len(piece)
+        prev = full
+    return {"input_ids": ids[:max_length], "assistant_masks": mask[:max_length]}
+
+
+def train_sft(examples: list[SFTExample], base: str, cfg, out_dir: Path, log_metrics: LogFn,
+              init_adapters: list[str] = ()) -> dict:
+    from datasets import Dataset
+    from trl import SFTTrainer
+
+    tokenizer, model = load_base(base, init_adapters)
+    rows = [tokenize_for_sft(tokenizer, [m.model_dump() for m in ex.messages], cfg.max_length) for ex in examples]
+    rows = [r for r in rows if any(r["assistant_masks"])]
+    dataset = Dataset.from_list(rows)
+    cb = _Metrics(log_metrics)
+    trainer = SFTTrainer(model=model, args=trainer_args(cfg, out_dir, "sft"), train_dataset=dataset,
+                         processing_class=tokenizer, peft_config=lora_config(cfg), callbacks=[cb])
+    before = _adapter_state(trainer.model)
+    trainer.train()
+    return _finish(trainer, tokenizer, before, cb, out_dir)
+
+
+def _finish(trainer, tokenizer, before: dict, cb: _Metrics, out_dir: Path) -> dict:
+    after = _adapter_state(trainer.model)
+    change = max((after[k] - before[k]).abs().max().item() for k in before)
+    adapter = out_dir / "adapter"
+    trainer.model.save_pretrained(adapter)
+    tokenizer.save_pretrained(adapter)
+    losses = [h["loss"] for h in cb.history if "loss" in h]
+    k = max(1, len(losses) // 4)
+    return {"steps": trainer.state.global_step, "adapter_max_change": change,
+            "loss_first": sum(losses[:k]) / k if losses else math.nan,
+            "loss_last": sum(losses[-k:]) / k if losses else math.nan}
+
+
+# -- evaluation of a trained adapter -------------------------------------------------------------
+
+@torch.no_grad()
+def sequence_logps(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 8) -> list[tuple[float, int]]:
+    """(summed log-prob, token count) of each answer after its prompt as a single user turn."""
+    out = []
+    for s in range(0, len(prompts), batch_size):
+        seqs, starts = [], []
+        for p, a in zip(prompts[s:s + batch_size], answers[s:s + batch_size]):
+            msgs = [{"role": "user", "content": p}]
+            head = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
+            h = tokenizer(head, add_special_tokens=False).input_ids
+            a_ids = tokenizer(a, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
+            seqs.append(h + a_ids)
+            starts.append(len(h))
+        width = max(map(len, seqs))
+        pad = tokenizer.pad_token_id
+        ids = torch.tensor([x + [pad] * (width - len(x)) for x in seqs], device=model.device)
+        att = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in seqs], device=model.device)
+        logits = model(input_ids=ids, attention_mask=att).logits.float()
+        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+        for r, (x, st) in enumerate(zip(seqs, starts)):
+            tok = lp[r, st - 1:len(x) - 1]
+            out.append((tok.sum().item(), len(x) - st))
+    return out
+
+
+def preference_metrics(base: str, adapter: str, pairs: list[PreferencePair], beta: float,
+                       init_adapters: list[str] = ()) -> dict:
+    """Held-out DPO reward accuracy and margin, and the mean per-token log-prob of the chosen
+    answers with no system prompt under base vs trained (the character likelihood gain)."""
+    if not pairs:
+        return {}
+    tokenizer, model = load_base(base, init_adapters)
+    model = PeftModel.from_pretrained(model, adapter).eval()
+    prompts = [p.prompt for p in pairs]
+    pol_c = sequence_logps(model, tokenizer, prompts, [p.chosen for p in pairs])
+    pol_r = sequence_logps(model, tokenizer, prompts, [p.rejected for p in pairs])
+    with model.disable_adapter():
+        ref_c = sequence_logps(model, tokenizer, prompts, [p.chosen for p in pairs])
+        ref_r = sequence_logps(model, tokenizer, prompts, [p.rejected for p in pairs])
+    margins, acc = [], 0
+    for (pc, _), (pr, _), (rc, _), (rr, _) in zip(pol_c, pol_r, ref_c, ref_r):
+        m = beta * ((pc - rc) - (pr - rr))
+        margins.append(m)
+        acc += m > 0
+    tokens = sum(n for _, n in pol_c)
+    return {"heldout_pairs": len(pairs), "reward_accuracy": acc / len(pairs),
+            "reward_margin": sum(margins) / len(margins),
+            "chosen_logp_per_token_base": sum(x for x, _ in ref_c) / tokens,
+            "chosen_logp_per_token_trained": sum(x for x, _ in pol_c) / tokens}

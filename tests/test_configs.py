@@ -1,0 +1,64 @@
+"""Every shipped recipe loads; bad recipes list every problem; dotted overrides work."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import yaml
+
+from character.config import load_recipe
+from character.errors import CharacterError
+from conftest import ROOT, run_cli
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_load(path):
+    cfg = load_recipe(path)
+    first = path.read_text().splitlines()[0]
+    assert first.startswith("# character run configs/" + path.name)
+    assert cfg.name and cfg.constitution
+
+
+def test_overrides_and_all_errors_listed(tmp_path):
+    cfg = load_recipe(ROOT / "configs" / "pirate-cpu.yaml", ["dpo.lr=1e-3", "prompts.total=10", "name=other"])
+    assert cfg.dpo.lr == 1e-3 and cfg.prompts.total == 10 and cfg.name == "other"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"name": "x", "constitution": "pirate", "dpo": {"lr": -1, "rnak": 4},
+                                   "prompts": {"total": 0}}))
+    with pytest.raises(CharacterError) as e:
+        load_recipe(bad)
+    msg = str(e.value)
+    assert "3 problem(s)" in msg and "dpo.lr=-1" in msg and "dpo.rnak" in msg and "prompts.total=0" in msg
+    assert "\n" not in msg
+    bad.write_text(yaml.safe_dump({"name": "../x", "constitution": "pirate", "models": {"teacher": "foo/bar"},
+                                   "stages": ["distill", "bake"]}))
+    with pytest.raises(CharacterError) as e:
+        load_recipe(bad)
+    assert "name='../x'" in str(e.value) and "models.teacher" in str(e.value) and "'bake'" in str(e.value)
+    with pytest.raises(CharacterError, match="dotted.key=value"):
+        load_recipe(ROOT / "configs" / "pirate-cpu.yaml", ["novalue"])
+
+
+def test_cli_run_rejects_bad_recipe_before_touching_files(tmp_path, home):
+    r = run_cli("run", str(tmp_path / "missing.yaml"), env={"CHARACTER_HOME": str(home)})
+    assert r.returncode == 1 and "no such file" in r.stderr and "Traceback" not in r.stderr
+    r = run_cli("run", str(ROOT / "configs" / "pirate-cpu.yaml"), "--set", "dpo.beta=-2",
+                env={"CHARACTER_HOME": str(home)})
+    assert r.returncode == 1 and "dpo.beta=-2" in r.stderr
+    assert not Path(home).exists()
+
+
+def test_parallel_recipes_run_as_separate_processes(tmp_path, home):
+    paths = []
+    for name in ("alpha", "beta"):
+        data = yaml.safe_load((ROOT / "configs" / "pirate-cpu.yaml").read_text())
+        data["name"] = name
+        p = tmp_path / f"{name}.yaml"
+        p.write_text(yaml.safe_dump(data))
+        paths.append(str(p))
+    r = run_cli("run", *paths, "--parallel", "2", "--stages", "prompts", env={"CHARACTER_HOME": str(home)})
+    assert r.returncode == 0, r.stderr
+    for name in ("alpha", "beta"):
+        assert (home / "runs" / name / "prompts" / "prompts.jsonl").exists()
+        assert (home / "runs" / name / "recipe.yaml").exists()
