@@ -15,6 +15,7 @@ import time
 from pathlib import Path
 
 from .config import STAGES, RecipeConfig, config_hash
+from .errors import CharacterError
 from .runs import read_status, run_dir as run_dir_for, write_atomic
 
 
@@ -50,7 +51,12 @@ def run_recipe(cfg: RecipeConfig, stages: list[str] | None = None, restart: bool
                say=print) -> dict:
     import yaml
     rdir = run_dir_for(cfg.name)
+    unknown = [s for s in (stages or []) if s not in STAGES]
+    if unknown:
+        raise CharacterError(f"stages={unknown}: unknown; use some of {', '.join(STAGES)}")
     wanted = [s for s in STAGES if s in (stages or cfg.stages)]
+    if not wanted:
+        raise CharacterError("stages=[]: nothing to run; name at least one stage")
     if restart:
         for s in STAGES[STAGES.index(wanted[0]):]:
             shutil.rmtree(rdir / s, ignore_errors=True)

@@ -45,7 +45,11 @@ def run_summary(rdir: Path, timings: dict | None = None) -> str:
         lines.append(f"{stage:11} {st.state:8} {st.done:>6}  {(f'{secs:.0f}s' if secs else ''):>6}  "
                      f"{rdir / stage / out}{extra}")
         if st.error:
-            lines.append(f"{'':11} warning: {st.error}")
+            lines.append(f"{'':11} error: {st.error}")
+        if st.warning:
+            lines.append(f"{'':11} warning: {st.warning}")
+        if (rdir / stage / "curves.png").exists():
+            lines.append(f"{'':11} curves: {rdir / stage / 'curves.png'}")
     m = checkpoint_metrics(rdir, "dpo")
     if m:
         lines += ["", "character check (held-out pairs, no system prompt):"]
@@ -61,3 +65,27 @@ def run_summary(rdir: Path, timings: dict | None = None) -> str:
     if (rdir / "merge" / "model").exists():
         lines += ["", f"chat with it:  character chat {rdir.name} --compare base"]
     return "\n".join(lines)
+
+
+def plot_training(rdir: Path, kind: str) -> Path | None:
+    """curves.png beside the adapter: loss, and for DPO the reward margin and accuracy, per step."""
+    rows = [r for r in metric_history(rdir, kind) if "loss" in r]
+    if not rows:
+        return None
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    keys = ["loss"] + (["rewards/margins", "rewards/accuracies"] if kind == "dpo" else ["mean_token_accuracy"])
+    keys = [k for k in keys if any(k in r for r in rows)]
+    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
+    for ax, key in zip(axes[0], keys):
+        pts = [(r["step"], r[key]) for r in rows if key in r]
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3)
+        ax.set_title(f"{kind.upper()} {key}")
+        ax.set_xlabel("step")
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    out = rdir / kind / "curves.png"
+    fig.savefig(out, dpi=100)
+    plt.close(fig)
+    return out

@@ -96,7 +96,9 @@ def run(cfg, run_dir: Path, kind: str) -> dict:
                     data_counts=counts, hyperparameters={**tcfg.model_dump(), "trained_on": init or ["base"]},
                     metrics={k: float(v) for k, v in result.items() if isinstance(v, (int, float))})
     write_json(stage / "checkpoint.json", ck.model_dump())
+    from .report import plot_training
+    plot_training(run_dir, kind)
     status = status.model_copy(update={"state": "done", "done": result.get("steps", 0), "counts": counts,
-                                       "error": warning, "finished": time.time()})
+                                       "warning": warning, "finished": time.time()})
     write_status(stage, status)
     return result

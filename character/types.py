@@ -141,3 +141,4 @@ class StageStatus(Record):
     started: float | None = None
     finished: float | None = None
     error: str | None = None
+    warning: str | None = None
