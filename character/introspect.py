@@ -142,7 +142,7 @@ def run(cfg, run_dir: Path) -> dict:
     sampling = ic.sampling.model_copy(update={"seed": cfg.seed})
     prompts = REFLECTION_PROMPTS[:ic.reflection_prompts]
     with JsonlWriter(sft_path) as w:
-        for i, p in enumerate(tqdm(prompts, desc="self-reflection", unit="prompt")):
+        for p in tqdm(prompts, desc="self-reflection", unit="prompt"):
             if all(stable_id("reflection", p, j, sampling.seed) in done for j in range(ic.samples_per_prompt)):
                 continue
             for row in reflections(c, model, [p], ic.samples_per_prompt, sampling):

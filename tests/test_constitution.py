@@ -10,7 +10,7 @@ import pytest
 
 from character import constitution as C
 from character.errors import CharacterError
-from conftest import ROOT, run_cli
+from conftest import run_cli
 
 GOOD = {"name": "tester", "traits": [{"trait": "I test things.", "questions": ["Does it work?"]}]}
 

@@ -85,7 +85,7 @@ def generate_structured_batch(backend: Backend, conversations: list[Conversation
     last_raw: dict[int, str] = {}
     last_err: dict[int, str] = {}
     json_schema = schema.model_json_schema()
-    for attempt in range(retries + 1):
+    for _ in range(retries + 1):
         if not pending:
             break
         batch = [convs[i] + ([Message(role="assistant", content=use_prefill)] if use_prefill else [])
