@@ -260,6 +260,10 @@ def _read_rows(path: str) -> list[dict]:
 
 
 def cmd_eval(args) -> int:
+    if args.what == "run":
+        from .evaluate import format_summary, run
+        print(format_summary(run(args.run, max_prompts=args.max_prompts, max_tokens=args.max_tokens)))
+        return 0
     if args.what == "elo":
         from .ratings import bootstrap, elo
         from .runs import read_jsonl
@@ -377,6 +381,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     ev = sub.add_parser("eval", help="evaluation tools (so far: Elo/Bradley-Terry scoring, persona classifier)")
     evs = ev.add_subparsers(dest="what", required=True)
+    er = evs.add_parser("run", help="classifier, robustness and likelihood evaluation of a trained run")
+    er.add_argument("run")
+    er.add_argument("--max-prompts", type=int, default=6)
+    er.add_argument("--max-tokens", type=int, default=64)
+    er.set_defaults(func=cmd_eval)
     el = evs.add_parser("elo", help="ratings from a JSONL of Match records")
     el.add_argument("action", choices=["score"])
     el.add_argument("--matches", required=True)

@@ -11,3 +11,6 @@ $C run configs/pirate-cpu.yaml
 echo
 echo "== the trained model (no system prompt) beside the base model"
 $C chat pirate-cpu --compare base -m "How do I boil an egg?" --max-tokens 80 --seed 1
+echo
+echo "== evaluation (first part): classifier, robustness under attacks, likelihood gain"
+$C eval run pirate-cpu

@@ -64,6 +64,16 @@ def test_end_to_end_makes_a_more_in_character_model(tmp_path, home):
     chat = run_cli("chat", "tiny", "--compare", "base", "-m", "Hello!", "--max-tokens", "12",
                    env={"CHARACTER_HOME": str(home)})
     assert chat.returncode == 0 and "trained>" in chat.stdout and "base>" in chat.stdout
+    ev = run_cli("eval", "run", "tiny", "--max-prompts", "2", "--max-tokens", "16", env={"CHARACTER_HOME": str(home)})
+    assert ev.returncode == 0, ev.stderr[-2000:]
+    summary = read_json(rdir / "eval" / "summary.json")
+    assert 0 <= summary["classifier"]["accuracy"] <= 1 and summary["classifier"]["heldout_rows"] >= 2
+    assert summary["likelihood"]["low"] <= summary["likelihood"]["gain_per_token"] <= summary["likelihood"]["high"]
+    cells = summary["robustness"]
+    assert set(cells) == {f"{m}|{a}" for m in ("base", "prompted", "trained", "trained+prompted")
+                          for a in ("none", "ignore_roleplay", "neutral_assistant", "prefill")}
+    assert all(c["n"] == 2 and c["low"] <= c["in_character"] <= c["high"] for c in cells.values())
+    assert "in-character share" in ev.stdout
 
 
 def _rows(d: Path):
