@@ -128,23 +128,22 @@ def cmd_chat(args) -> int:
                 return 0
             if text in ("", "/quit", "/exit"):
                 return 0
-        history.append(Message(role="user", content=text))
-        print("bot> " if compare is None else "trained> ", end="", flush=True)
-        reply = ""
-        for piece in backend.stream(history, params):
-            reply += piece
-            print(piece, end="", flush=True)
-        print()
-        history.append(Message(role="assistant", content=reply.strip()))
+        _turn(backend, history, text, params, "bot" if compare is None else "trained")
         if compare is not None:
-            base_history.append(Message(role="user", content=text))
-            print("base> ", end="", flush=True)
-            reply = ""
-            for piece in compare.stream(base_history, params):
-                reply += piece
-                print(piece, end="", flush=True)
-            print()
-            base_history.append(Message(role="assistant", content=reply.strip()))
+            _turn(compare, base_history, text, params, "base")
+
+
+def _turn(backend, history: list, text: str, params, label: str) -> None:
+    """Send one user message, stream the reply to the terminal, and keep both in `history`."""
+    from .types import Message
+    history.append(Message(role="user", content=text))
+    print(f"{label}> ", end="", flush=True)
+    reply = ""
+    for piece in backend.stream(history, params):
+        reply += piece
+        print(piece, end="", flush=True)
+    print()
+    history.append(Message(role="assistant", content=reply.strip()))
 
 
 # -- pipeline ----------------------------------------------------------------------------------

@@ -41,6 +41,17 @@ def env(name: str) -> str:
     return os.environ.get(name) or ENV_VARS.get(name, "")
 
 
+def package_dir(module: str, hint: str, what: str) -> Path:
+    """Folder of an installed data-only package, found without importing it."""
+    import importlib.util
+
+    from .errors import MissingDependencyError
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise MissingDependencyError(f"{what}: package {module} is not installed; run: {hint}")
+    return Path(list(spec.submodule_search_locations)[0])
+
+
 def default_model(role: str) -> str:
     """The model spec for a role when a recipe names none: the embedded model unless overridden."""
     return env(f"CHARACTER_{role.upper()}_MODEL") or "embedded"

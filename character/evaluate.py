@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import random
 import time
-from pathlib import Path
 
 from tqdm import tqdm
 

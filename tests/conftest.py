@@ -76,3 +76,20 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> sub
     full_env = {**os.environ, **(env or {})}
     return subprocess.run([sys.executable, "-m", "character.cli", *args], cwd=cwd or ROOT, env=full_env,
                           capture_output=True, text=True, timeout=1800)  # a hang guard, not a speed test
+
+
+class Scripted:
+    """A fake backend that replays answers in order and records what it was asked (unit tests only)."""
+    name = "fake/scripted"
+    supports_logprobs = False
+    supports_prefill = False
+
+    def __init__(self, answers):
+        from character.types import Completion
+        self._completion = Completion
+        self.answers = list(answers)
+        self.calls = []
+
+    def generate(self, conversations, params, json_schema=None):
+        self.calls.append((conversations, json_schema))
+        return [[self._completion(text=self.answers.pop(0))] for _ in conversations]

@@ -9,20 +9,7 @@ import pytest
 
 from character import constitution as C
 from character.errors import GenerationError
-from character.types import Completion
-from conftest import run_cli
-
-
-class Scripted:
-    name = "fake/scripted"
-    supports_logprobs = False
-    supports_prefill = False
-
-    def __init__(self, answers):
-        self.answers = list(answers)
-
-    def generate(self, conversations, params, json_schema=None):
-        return [[Completion(text=self.answers.pop(0))] for _ in conversations]
+from conftest import Scripted, run_cli
 
 
 def test_draft_assembles_a_valid_constitution():

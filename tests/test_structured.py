@@ -9,27 +9,13 @@ from character.errors import CharacterError, GenerationError, MissingDependencyE
 from character.inference import get_backend, parse_spec
 from character.inference.structured import (StructuredFailure, extract_json, generate_structured,
                                             generate_structured_batch)
-from character.types import Completion, Message
+from character.types import Message
+from conftest import Scripted
 
 
 class Verdict(BaseModel):
     winner: str
     score: int
-
-
-class Scripted:
-    """A fake backend that replays answers and records what it was asked (unit tests only)."""
-    name = "fake/scripted"
-    supports_logprobs = False
-    supports_prefill = False
-
-    def __init__(self, answers):
-        self.answers = list(answers)
-        self.calls = []
-
-    def generate(self, conversations, params, json_schema=None):
-        self.calls.append((conversations, json_schema))
-        return [[Completion(text=self.answers.pop(0))] for _ in conversations]
 
 
 def convo(text="Judge this."):

