@@ -159,7 +159,7 @@ def cmd_run(args) -> int:
         return run_parallel(args.recipes, extra, args.parallel)
     for cfg in cfgs:
         outcome = run_recipe(cfg, args.stages, args.restart, say=_progress)
-        print(summary(cfg, outcome))
+        print(summary(outcome))
     return 0
 
 
@@ -170,7 +170,7 @@ def cmd_stage(args) -> int:
     stage = args.command if args.command != "train" else args.kind
     cfg = load_recipe(args.recipe, args.set)
     outcome = run_recipe(cfg, [stage], args.restart, say=_progress)
-    print(summary(cfg, outcome))
+    print(summary(outcome))
     return 0
 
 

@@ -80,7 +80,7 @@ def run_recipe(cfg: RecipeConfig, stages: list[str] | None = None, restart: bool
     return {"run": str(rdir), "results": results, "timings": timings}
 
 
-def summary(cfg: RecipeConfig, outcome: dict) -> str:
+def summary(outcome: dict) -> str:
     from .report import run_summary
     return run_summary(Path(outcome["run"]), outcome.get("timings", {}))
 

@@ -62,3 +62,14 @@ def test_parallel_recipes_run_as_separate_processes(tmp_path, home):
     for name in ("alpha", "beta"):
         assert (home / "runs" / name / "prompts" / "prompts.jsonl").exists()
         assert (home / "runs" / name / "recipe.yaml").exists()
+
+
+def test_single_stage_command_and_report(tmp_path, home):
+    r = run_cli("prompts", str(ROOT / "configs" / "pirate-cpu.yaml"), "--set", "prompts.total=12",
+                env={"CHARACTER_HOME": str(home)})
+    assert r.returncode == 0, r.stderr
+    assert "prompts     done         12" in r.stdout
+    r = run_cli("report", "pirate-cpu", env={"CHARACTER_HOME": str(home)})
+    assert r.returncode == 0 and "prompts.jsonl" in r.stdout
+    r = run_cli("report", "no-such-run", env={"CHARACTER_HOME": str(home)})
+    assert r.returncode == 1 and "no such run" in r.stderr
