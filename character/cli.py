@@ -17,6 +17,7 @@ from pathlib import Path
 
 from .config import default_model, load_env
 from .errors import CharacterError
+from .evaluate import SECTIONS
 
 
 def _progress(msg: str) -> None:
@@ -175,12 +176,25 @@ def cmd_stage(args) -> int:
 
 
 def cmd_report(args) -> int:
-    from .report import run_summary
-    from .runs import run_dir
-    rdir = run_dir(args.run)
-    if not rdir.is_dir():
-        raise CharacterError(f"run={args.run!r}: no such run in {rdir.parent}")
-    print(run_summary(rdir))
+    from .report import run_summary, write_report
+    from .runs import character_home, check_slug, run_dir
+    rdirs = []
+    for name in args.runs:
+        rdir = run_dir(name)
+        if not rdir.is_dir():
+            raise CharacterError(f"run={name!r}: no such run in {rdir.parent}")
+        rdirs.append(rdir)
+    if len(rdirs) == 1:
+        print(run_summary(rdirs[0]))
+        out = Path(args.out) if args.out else rdirs[0]
+    else:
+        name = "-vs-".join(args.runs)
+        if len(name) > 64:
+            from .types import stable_id
+            name = f"compare-{stable_id(*args.runs)}"
+        out = Path(args.out) if args.out else character_home() / "reports" / check_slug(name, "runs")
+    html, md = write_report(rdirs, out)
+    print(f"\nreport card: {html}\n             {md}")
     return 0
 
 
@@ -261,7 +275,30 @@ def _read_rows(path: str) -> list[dict]:
 def cmd_eval(args) -> int:
     if args.what == "run":
         from .evaluate import format_summary, run
-        print(format_summary(run(args.run, max_prompts=args.max_prompts, max_tokens=args.max_tokens)))
+        print(format_summary(run(args.run, seed=args.seed, fresh=args.fresh, sections=args.sections,
+                                 prompts=args.prompts, max_tokens=args.max_tokens)))
+        print(f"\nthe report card: character report {args.run}")
+        return 0
+    if args.what == "perplexity":
+        from .evaluate import perplexity
+        from .inference import get_backend
+        from .types import Message
+        rows = _read_rows(args.data)
+        convs = []
+        for n, r in enumerate(rows, 1):
+            msgs = r.get("messages") if isinstance(r, dict) else None
+            if not isinstance(msgs, list) or not any(isinstance(m, dict) and m.get("role") == "assistant"
+                                                     for m in msgs):
+                raise CharacterError(f"data row {n}: needs \"messages\" with at least one assistant turn")
+            try:
+                convs.append([Message(role=m["role"], content=m["content"]) for m in msgs])
+            except (KeyError, ValueError, TypeError):
+                raise CharacterError(f"data row {n}: each message needs a role (system/user/assistant) and "
+                                     "content") from None
+        for spec in args.model:
+            r = perplexity(get_backend(spec), convs)
+            print(f"{spec}: perplexity {r['perplexity']:.3f} over {r['tokens']} tokens in {r['turns']} "
+                  "assistant turns")
         return 0
     if args.what == "elo":
         from .ratings import bootstrap, elo
@@ -378,13 +415,20 @@ def build_parser() -> argparse.ArgumentParser:
     cv.add_argument("--out", required=True)
     cv.set_defaults(func=cmd_conversations)
 
-    ev = sub.add_parser("eval", help="evaluation tools (so far: Elo/Bradley-Terry scoring, persona classifier)")
+    ev = sub.add_parser("eval", help="evaluate a run (`character eval RUN`), or the tools: elo, classifier, perplexity")
     evs = ev.add_subparsers(dest="what", required=True)
-    er = evs.add_parser("run", help="classifier, robustness and likelihood evaluation of a trained run")
+    er = evs.add_parser("run", help="the whole evaluation of a trained run (also: `character eval RUN`)")
     er.add_argument("run")
-    er.add_argument("--max-prompts", type=int, default=6)
-    er.add_argument("--max-tokens", type=int, default=64)
+    er.add_argument("--prompts", type=int, help="held-out prompts (default: the recipe's eval.prompts)")
+    er.add_argument("--max-tokens", type=int, help="tokens per answer (default: the recipe's eval.max_tokens)")
+    er.add_argument("--sections", nargs="+", choices=list(SECTIONS), help="only these sections")
+    er.add_argument("--fresh", action="store_true", help="discard saved sections and start over")
+    er.add_argument("--seed", type=int, default=0)
     er.set_defaults(func=cmd_eval)
+    ep = evs.add_parser("perplexity", help="perplexity of models on a JSONL of conversations")
+    ep.add_argument("--model", nargs="+", default=["embedded"], help="model specs, e.g. embedded hf/PATH")
+    ep.add_argument("--data", required=True, help='JSONL rows {"messages": [{"role": ..., "content": ...}]}')
+    ep.set_defaults(func=cmd_eval)
     el = evs.add_parser("elo", help="ratings from a JSONL of Match records")
     el.add_argument("action", choices=["score"])
     el.add_argument("--matches", required=True)
@@ -399,8 +443,9 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--model", default="data/classifier", help="score: classifier folder")
     cl.set_defaults(func=cmd_eval)
 
-    rp = sub.add_parser("report", help="summarise a run")
-    rp.add_argument("run")
+    rp = sub.add_parser("report", help="the report card of one run, or several side by side")
+    rp.add_argument("runs", nargs="+")
+    rp.add_argument("--out", help="folder for report.html and report.md")
     rp.set_defaults(func=cmd_report)
 
     ex = sub.add_parser("export", help="export a run's preference pairs for other trainers")
@@ -416,8 +461,14 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
+EVAL_TOOLS = ("run", "elo", "classifier", "perplexity")
+
+
 def main(argv: list[str] | None = None) -> int:
     load_env()
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if len(argv) >= 2 and argv[0] == "eval" and argv[1] not in EVAL_TOOLS and not argv[1].startswith("-"):
+        argv.insert(1, "run")  # `character eval RUN` is `character eval run RUN`
     args = build_parser().parse_args(argv)
     if args.command == "constitution" and args.action == "validate":
         args.targets = ([args.target] if args.target else []) + list(args.targets)

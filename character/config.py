@@ -120,6 +120,10 @@ class TrainConfig(_Cfg):
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
     backend: str = Field("trl", description="Training backend: trl (local) or tinker (remote).")
+    num_processes: int = Field(1, ge=1, description="GPUs to train on; above 1, `accelerate launch` runs the stage.")
+    distributed: str = Field("ddp", description="Multi-GPU strategy: ddp, fsdp or zero3 (configs/accelerate/*.yaml).")
+    load_in_4bit: bool = Field(False, description="QLoRA: load the student in 4-bit NF4 (bitsandbytes, GPU only).")
+    gradient_checkpointing: bool = Field(False, description="Recompute activations to save GPU memory (slower).")
 
 
 class IntrospectConfig(_Cfg):
@@ -137,6 +141,19 @@ class MergeConfig(_Cfg):
     weights: list[float] = Field(default_factory=lambda: [1.0, 0.25], description="Weights of the DPO and SFT adapters.")
 
 
+class EvalConfig(_Cfg):
+    prompts: int = Field(8, ge=1, description="Held-out prompts for robustness, judges and pairwise comparison.")
+    max_tokens: int = Field(96, ge=8, description="Most new tokens per evaluation answer.")
+    attacks: list[str] = Field(default_factory=lambda: ["ignore_roleplay", "neutral_assistant"],
+                               description="'Drop the persona' suffixes to try (the prefill attack always runs).")
+    preference_prompts: int = Field(20, ge=1, description="Held-out generic prompts per revealed-preference condition.")
+    conditions: list[str] = Field(default_factory=lambda: ["feel", "like", "random"],
+                                  description="Revealed-preference conditions: feel, like, random.")
+    rubric_answers: int = Field(4, ge=0, description="Answers per method scored on every constitution trait (1-5).")
+    conversations: int = Field(4, ge=0, description="Two-turn conversations per method for the seeds' evaluators.")
+    bootstrap_rounds: int = Field(100, ge=10, description="Bootstrap resamples for every interval.")
+
+
 class RecipeConfig(_Cfg):
     name: str = Field(description="Run folder name (a safe slug).")
     constitution: str = Field(description="Constitution name or path.")
@@ -149,6 +166,7 @@ class RecipeConfig(_Cfg):
     introspect: IntrospectConfig = Field(default_factory=IntrospectConfig)
     sft: TrainConfig = Field(default_factory=lambda: TrainConfig(rank=64, alpha=128))
     merge: MergeConfig = Field(default_factory=MergeConfig)
+    eval: EvalConfig = Field(default_factory=EvalConfig)
 
 
 def apply_override(data: dict, item: str) -> None:
@@ -196,6 +214,22 @@ def recipe_errors(data: dict) -> list[str]:
         errors.append("prompts.mix: the shares add up to 0; give at least one source a positive share")
     if cfg.prompts.mix.get("expanded", 0) > 0 and cfg.prompts.expand_per_trait == 0:
         errors.append("prompts.expand_per_trait=0: the mix asks for expanded prompts; set expand_per_trait > 0")
+    for k in ("dpo", "sft"):
+        t = getattr(cfg, k)
+        if t.backend not in ("trl", "tinker"):
+            errors.append(f"{k}.backend={t.backend!r}: use trl (local) or tinker (remote)")
+        if t.distributed not in ("ddp", "fsdp", "zero3"):
+            errors.append(f"{k}.distributed={t.distributed!r}: use ddp, fsdp or zero3")
+        if t.backend == "tinker" and (t.num_processes > 1 or t.load_in_4bit):
+            errors.append(f"{k}: num_processes and load_in_4bit are for local training; Tinker runs remotely")
+    from .evaluate import ATTACKS
+    from .preferences import CONDITIONS
+    for a in cfg.eval.attacks:
+        if a not in ATTACKS:
+            errors.append(f"eval.attacks: {a!r} is not an attack; use some of {', '.join(ATTACKS)}")
+    for c in cfg.eval.conditions:
+        if c not in CONDITIONS:
+            errors.append(f"eval.conditions: {c!r} is not a condition; use some of {', '.join(CONDITIONS)}")
     if len(cfg.merge.weights) != 2:
         errors.append(f"merge.weights={cfg.merge.weights}: give two weights, [dpo, sft]")
     for sec in ("dpo", "sft"):

@@ -115,6 +115,12 @@ def model_card(recipe, checkpoints: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
+def continues_dpo(run_dir: Path) -> bool:
+    """True when the SFT adapter was trained on top of the DPO weights (the Tinker backend)."""
+    rec = run_dir / "sft" / "tinker.json"
+    return rec.exists() and bool(json.loads(rec.read_text()).get("continues_dpo"))
+
+
 def run(cfg, run_dir: Path) -> dict:
     from .config import config_hash
     from .runs import read_json, start_status, write_atomic, write_status
@@ -125,11 +131,13 @@ def run(cfg, run_dir: Path) -> dict:
     status = start_status(stage, "merge", 2, config_hash(cfg.merge))
     w_dpo, w_sft = cfg.merge.weights
     parts = [(run_dir / "dpo" / "adapter", w_dpo), (run_dir / "sft" / "adapter", w_sft)]
-    parts = [(p, w) for p, w in parts if p.exists()]
+    if continues_dpo(run_dir):  # the SFT adapter holds DPO + SFT: take the DPO part back out
+        parts[0] = (parts[0][0], w_dpo - w_sft)
+    parts = [(p, w) for p, w in parts if p.exists() and w != 0]
     if not parts:
         raise CharacterError(f"run={run_dir.name!r}: no adapters to merge; run the dpo and sft stages first")
     combine(parts, stage / "adapter")
-    tokenizer, model = load_base(student_path(cfg.models.student))
+    tokenizer, model = load_base(student_path(cfg.models.student, cfg.dpo.backend))
     merge_into(model, parts)
     tokenizer.padding_side = "left"
     model.save_pretrained(stage / "model")

@@ -47,6 +47,19 @@ def run_stage(cfg: RecipeConfig, rdir: Path, stage: str) -> dict:
     return merge.run(cfg, rdir)
 
 
+def preflight(cfg: RecipeConfig, stages: list[str]) -> None:
+    """Fail at once, before any work, when a key the recipe needs is missing."""
+    from .config import env
+    from .errors import MissingKeyError
+    from .inference import parse_spec
+    specs = [cfg.models.teacher, cfg.models.student] + ([cfg.models.judge] if "prompts" in stages else [])
+    needs_tinker = any(parse_spec(s)[0] == "tinker" for s in specs) or any(
+        getattr(cfg, k).backend == "tinker" for k in ("dpo", "sft") if k in stages)
+    if needs_tinker and not env("TINKER_API_KEY"):
+        raise MissingKeyError("TINKER_API_KEY is not set; this recipe uses Tinker (a tinker/ model or "
+                              "backend: tinker); put the key in the environment or .env")
+
+
 def run_recipe(cfg: RecipeConfig, stages: list[str] | None = None, restart: bool = False,
                say=print) -> dict:
     import yaml
@@ -57,6 +70,7 @@ def run_recipe(cfg: RecipeConfig, stages: list[str] | None = None, restart: bool
     wanted = [s for s in STAGES if s in (stages or cfg.stages)]
     if not wanted:
         raise CharacterError("stages=[]: nothing to run; name at least one stage")
+    preflight(cfg, wanted)
     if restart:
         for s in STAGES[STAGES.index(wanted[0]):]:
             shutil.rmtree(rdir / s, ignore_errors=True)

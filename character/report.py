@@ -1,7 +1,12 @@
-"""Reads a run folder and summarises it. The CLI summary, the studio and the report card read
+"""Reads run folders and summarises them. The CLI summary, the studio and the report card read
 run files through here; nothing is recomputed.
 
-    character report RUN
+    character report RUN [RUN ...] [--out DIR]
+
+One run: the stage summary on the terminal, and report.html (plotly charts: trait rating changes
+with intervals, robustness per method and attack, judge scores, training curves) plus report.md
+(the same numbers as tables) in runs/<run>/. Several runs: side by side, in
+reports/<run_a>+<run_b>.../ under CHARACTER_HOME unless --out says where.
 """
 
 from __future__ import annotations
@@ -89,3 +94,215 @@ def plot_training(rdir: Path, kind: str) -> Path | None:
     fig.savefig(out, dpi=100)
     plt.close(fig)
     return out
+
+
+# ---- the report card ---------------------------------------------------------------------------
+
+def eval_summary(rdir: Path) -> dict:
+    p = rdir / "eval" / "summary.json"
+    return read_json(p) if p.exists() else {}
+
+
+def _fmt(v, fmt=".2f") -> str:
+    return "n/a" if v is None or v != v else f"{v:{fmt}}"
+
+
+def _ci(d: dict, key: str, fmt: str = ".2f") -> str:
+    return f"{_fmt(d.get(key), fmt)} [{_fmt(d.get('low'), fmt)}, {_fmt(d.get('high'), fmt)}]"
+
+
+def report_tables(runs: list[Path]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """(title, header, rows) for every section; one column per run. The markdown report and the
+    studio read these."""
+    names = [r.name for r in runs]
+    sums = [eval_summary(r) for r in runs]
+    out = []
+    rows = [["judge"] + [s.get("judge", "n/a") for s in sums], ["base model"] + [s.get("base", "n/a") for s in sums]]
+    for kind in ("dpo", "sft"):
+        rows.append([f"{kind.upper()} loss first -> last"] + [
+            f"{_fmt(checkpoint_metrics(r, kind).get('loss_first'), '.3f')} -> "
+            f"{_fmt(checkpoint_metrics(r, kind).get('loss_last'), '.3f')}" for r in runs])
+    rows.append(["DPO held-out reward accuracy"] + [_fmt(checkpoint_metrics(r, "dpo").get("reward_accuracy"))
+                                                     for r in runs])
+    out.append(("Runs", ["", *names], rows))
+    if any("classifier" in s for s in sums):
+        out.append(("Persona classifier (held-out teacher vs student answers)", ["", *names], [
+            ["accuracy"] + [_fmt(s.get("classifier", {}).get("accuracy")) for s in sums],
+            ["macro-F1"] + [_fmt(s.get("classifier", {}).get("macro_f1")) for s in sums],
+            ["rows"] + [str(s.get("classifier", {}).get("heldout_rows", "n/a")) for s in sums],
+            ["confusion (true in/out x predicted in/out)"] + [str(s.get("classifier", {}).get("confusion", "n/a"))
+                                                              for s in sums]]))
+    if any("likelihood" in s for s in sums):
+        rows = [["character likelihood gain (nats/token)"] + [_ci(s["likelihood"], "gain_per_token", "+.3f")
+                                                             if "likelihood" in s else "n/a" for s in sums]]
+        for kind in ("in_character", "plain"):
+            for m in ("base", "trained"):
+                rows.append([f"perplexity, held-out {kind} answers, {m}"] + [
+                    _fmt(s["likelihood"]["perplexity"][kind][m]["perplexity"]) if "likelihood" in s else "n/a"
+                    for s in sums])
+        out.append(("Likelihood (no judge)", ["", *names], rows))
+    if any("robustness" in s for s in sums):
+        keys = sorted({k for s in sums for k in s.get("robustness", {})},
+                      key=lambda k: (k.split("|")[0], k.split("|")[1] != "none", k))
+        out.append(("Robustness: share of answers called in character (95% interval)", ["method / attack", *names],
+                    [[k.replace("|", " / ")] + [_ci(s["robustness"][k], "in_character") if k in s.get("robustness", {}) else "n/a"
+                            for s in sums] for k in keys]))
+    if any("preferences" in s for s in sums):
+        rows = []
+        for label, fn in (
+                ("matches (base / trained)", lambda p: f"{p['matches'].get('base')} / {p['matches'].get('trained')}"),
+                ("judge failures (base / trained)", lambda p: f"{p['judge_failures'].get('base')} / "
+                                                              f"{p['judge_failures'].get('trained')}"),
+                ("answers judged 'neither'", lambda p: f"{p['neither'].get('base')} / {p['neither'].get('trained')}"),
+                ("judge position bias (share picking option B; 0.5 = none)",
+                 lambda p: _fmt(p.get("judge_position_bias"))),
+                ("rose most", lambda p: ", ".join(f"{t} {d:+.0f}" for t, d in p["movers"]["up"])),
+                ("fell most", lambda p: ", ".join(f"{t} {d:+.0f}" for t, d in p["movers"]["down"])),
+                ("constitution's trait words", lambda p: ", ".join(p["constitution_traits"]["words"]) or "none"),
+                ("their mean rating change", lambda p: _fmt(p["constitution_traits"]["mean_delta"], "+.0f"))):
+            rows.append([label] + [fn(s["preferences"]) if "preferences" in s else "n/a" for s in sums])
+        out.append(("Revealed trait preferences (Bradley-Terry, 1000 = average)", ["", *names], rows))
+    if any("judges" in s for s in sums):
+        rows = []
+        for key in ("coherence", "pairwise"):
+            rows.append([f"{key}: trained win rate vs {sums[0].get('judges', {}).get(key, {}).get('opponent', '')}"] + [
+                (_ci(s["judges"][key], "win_rate") + f" W{s['judges'][key]['wins']}/L{s['judges'][key]['losses']}/"
+                 f"T{s['judges'][key]['ties']}, {s['judges'][key]['failures']} failed") if "judges" in s else "n/a"
+                for s in sums])
+        for m in ("base", "trained"):
+            rows.append([f"trait rubric mean (1-5), {m}"] + [
+                f"{_fmt(s['judges']['rubric'][m]['mean'])} ({s['judges']['rubric'][m]['failures']} failed)"
+                if "judges" in s else "n/a" for s in sums])
+        for m in ("base", "trained"):
+            for ev in ("persona_consistency", "helpfulness", "safety"):
+                rows.append([f"{ev} (1-5), {m}"] + [
+                    _fmt(s["judges"]["evaluators"][m]["per_evaluator"].get(ev, {}).get("mean"))
+                    if "judges" in s else "n/a" for s in sums])
+        out.append(("LLM judges", ["", *names], rows))
+    return out
+
+
+def _markdown(tables, runs: list[Path]) -> str:
+    lines = ["# Report card: " + ", ".join(r.name for r in runs), "",
+             "Read from the run folders (`character eval run` made the numbers). Intervals are 95% bootstrap "
+             "percentile intervals. The judge model is named in the first table; a weak judge (such as the "
+             "embedded 135M model) makes the judge sections noisy.", ""]
+    for title, header, rows in tables:
+        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
+        lines.append("")
+    return "\n".join(lines)
+
+
+def report_figures(runs: list[Path]) -> list[tuple[str, object]]:
+    """Plotly figures: trait rating deltas, robustness, judges, training curves."""
+    try:
+        import plotly.graph_objects as go
+    except ImportError:
+        from .errors import MissingDependencyError
+        raise MissingDependencyError("report.html needs plotly; run: pip install -e '.[studio]'") from None
+    figs = []
+    multi = len(runs) > 1
+    sums = [(r.name, eval_summary(r)) for r in runs]
+
+    fig = go.Figure()
+    for name, s in sums:
+        p = s.get("preferences")
+        if not p:
+            continue
+        movers = [t for t, _ in p["movers"]["up"]] + [t for t, _ in p["movers"]["down"]][::-1]
+        movers = list(dict.fromkeys(movers + p["constitution_traits"]["words"]))
+        movers = [t for t in movers if t in p["ratings"]["base"] and t in p["ratings"]["trained"]]
+        for m, color in (("base", "#888"), ("trained", "#c0392b")):
+            rt = p["ratings"][m]
+            fig.add_trace(go.Scatter(
+                x=[rt[t]["rating"] for t in movers], y=movers, mode="markers", name=f"{name}: {m}" if multi else m,
+                marker={"color": color, "size": 9},
+                error_x={"type": "data", "symmetric": False,
+                         "array": [rt[t]["high"] - rt[t]["rating"] for t in movers],
+                         "arrayminus": [rt[t]["rating"] - rt[t]["low"] for t in movers]}))
+    if fig.data:
+        fig.update_layout(title="Trait ratings: biggest movers and the constitution's own trait words "
+                                "(Bradley-Terry, 95% intervals)", xaxis_title="rating (1000 = average trait)",
+                          height=500)
+        figs.append(("preferences", fig))
+
+    fig = go.Figure()
+    for name, s in sums:
+        rob = s.get("robustness")
+        if not rob:
+            continue
+        attacks = sorted({k.split("|")[1] for k in rob}, key=lambda a: (a != "none", a))
+        for method in ("base", "prompted", "trained", "trained+prompted"):
+            vals = [rob.get(f"{method}|{a}") for a in attacks]
+            fig.add_trace(go.Bar(
+                x=attacks, y=[v["in_character"] for v in vals], name=f"{name}: {method}" if multi else method,
+                error_y={"type": "data", "symmetric": False, "array": [v["high"] - v["in_character"] for v in vals],
+                         "arrayminus": [v["in_character"] - v["low"] for v in vals]}))
+    if fig.data:
+        fig.update_layout(barmode="group", title="Robustness: share called in character, per method and attack",
+                          yaxis={"range": [0, 1.05], "title": "in-character share"}, height=420)
+        figs.append(("robustness", fig))
+
+    fig = go.Figure()
+    for name, s in sums:
+        j = s.get("judges")
+        if not j:
+            continue
+        labels = [f"win rate vs {j[k]['opponent']} ({k})" for k in ("coherence", "pairwise")]
+        vals = [j[k] for k in ("coherence", "pairwise")]
+        fig.add_trace(go.Bar(x=labels, y=[v["win_rate"] for v in vals], name=name,
+                             error_y={"type": "data", "symmetric": False,
+                                      "array": [v["high"] - v["win_rate"] for v in vals],
+                                      "arrayminus": [v["win_rate"] - v["low"] for v in vals]}))
+        for m in ("base", "trained"):
+            ev = j["evaluators"][m]["per_evaluator"]
+            xs = ["trait rubric"] + list(ev)
+            ys = [j["rubric"][m]["mean"]] + [ev[k]["mean"] for k in ev]
+            fig.add_trace(go.Bar(x=xs, y=[(y or 0) / 5 for y in ys], name=f"{name}: {m} score / 5" if multi
+                                 else f"{m}: score / 5", text=[_fmt(y) for y in ys]))
+    if fig.data:
+        fig.update_layout(barmode="group", title="LLM judges: trained win rates (ties count half) and 1-5 scores "
+                                                 "scaled to 0-1", yaxis={"range": [0, 1.05]}, height=420)
+        figs.append(("judges", fig))
+
+    for kind, keys in (("dpo", ("loss", "rewards/margins", "rewards/accuracies")), ("sft", ("loss",))):
+        fig = go.Figure()
+        for r in runs:
+            rows = [x for x in metric_history(r, kind) if "loss" in x]
+            for key in keys:
+                pts = [(x["step"], x[key]) for x in rows if key in x]
+                if pts:
+                    fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
+                                             name=f"{r.name}: {key}" if multi else key))
+        if fig.data:
+            fig.update_layout(title=f"{kind.upper()} training curves", xaxis_title="step", height=350)
+            figs.append((f"training_{kind}", fig))
+    return figs
+
+
+def write_report(runs: list[Path], out_dir: Path) -> tuple[Path, Path]:
+    """report.html (plotly charts and the tables) and report.md (the tables) in out_dir."""
+    from .runs import write_atomic
+    tables = report_tables(runs)
+    md = _markdown(tables, runs)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    write_atomic(out_dir / "report.md", md)
+    import html as _html
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Report card</title>",
+             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+             "margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}</style></head><body>",
+             f"<h1>Report card: {_html.escape(', '.join(r.name for r in runs))}</h1>"]
+    first = True
+    for name, fig in report_figures(runs):
+        parts.append(f"<div id='fig-{name}'>" + fig.to_html(full_html=False, include_plotlyjs="inline" if first
+                                                            else False) + "</div>")
+        first = False
+    for title, header, rows in tables:
+        parts.append(f"<h2>{_html.escape(title)}</h2><table><tr>" +
+                     "".join(f"<th>{_html.escape(h)}</th>" for h in header) + "</tr>" +
+                     "".join("<tr>" + "".join(f"<td>{_html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
+                     + "</table>")
+    parts.append("</body></html>")
+    write_atomic(out_dir / "report.html", "\n".join(parts))
+    return out_dir / "report.html", out_dir / "report.md"

@@ -19,8 +19,13 @@ from .types import Checkpoint, PreferencePair, SFTExample
 SATURATED = 0.98
 
 
-def student_path(spec: str) -> str:
+def student_path(spec: str, backend: str = "trl") -> str:
     provider, model = parse_spec(spec)
+    if backend == "tinker":
+        if provider in ("tinker", "hf"):
+            return model
+        raise CharacterError(f"models.student={spec!r}: the tinker backend trains a model the service offers; "
+                             "name it tinker/<base-model>, e.g. tinker/meta-llama/Llama-3.1-8B-Instruct")
     if provider == "embedded":
         from .inference.embedded import embedded_model_path
         return str(embedded_model_path())
@@ -49,6 +54,63 @@ def saturation_warning(history: list[dict]) -> str | None:
     return None
 
 
+def _fit(cfg, run_dir: Path, kind: str, log) -> tuple[dict, dict, list[str]]:
+    """The training itself -> (result, data counts, adapters it was trained on top of)."""
+    from .distill import is_heldout
+    from .runs import read_jsonl
+    from .training import get_trainer
+    tcfg = getattr(cfg, kind)
+    trainer = get_trainer(tcfg.backend)
+    base = student_path(cfg.models.student, tcfg.backend)
+    stage = run_dir / kind
+    if kind == "dpo":
+        pairs = read_jsonl(run_dir / "distill" / "pairs.jsonl", PreferencePair)
+        train = [p for p in pairs if not is_heldout(p.id, cfg.distill.heldout)]
+        if not train:
+            raise CharacterError(f"run={run_dir.name!r}: no training pairs; run distill (or raise prompts.total)")
+        result = trainer.train_dpo(train, base, tcfg, stage, log)
+        return result, {"train_pairs": len(train), "heldout_pairs": len(pairs) - len(train)}, []
+    examples = read_jsonl(run_dir / "introspect" / "sft.jsonl", SFTExample)
+    if cfg.introspect.include_thinking and (run_dir / "introspect" / "thinking.jsonl").exists():
+        from .introspect import thinking_as_sft
+        from .types import IntrospectionExample
+        examples += [thinking_as_sft(e) for e in read_jsonl(run_dir / "introspect" / "thinking.jsonl",
+                                                             IntrospectionExample)]
+    if not examples:
+        raise CharacterError(f"run={run_dir.name!r}: no SFT examples; run introspect first")
+    init = [str(run_dir / "dpo" / "adapter")] if (run_dir / "dpo" / "adapter").exists() else []
+    result = trainer.train_sft(examples, base, tcfg, stage, log, init_adapters=init)
+    return result, {"sft_examples": len(examples)}, init
+
+
+def accelerate_config(strategy: str) -> Path:
+    """The shipped accelerate config for ddp, fsdp or zero3 (cpu: several CPU processes, gloo)."""
+    from importlib import resources
+    return Path(str(resources.files("character").joinpath(f"data/accelerate/{strategy}.yaml")))
+
+
+def _launch(cfg, run_dir: Path, kind: str) -> tuple[dict, dict, list[str]]:
+    """Run `_fit` under `accelerate launch` on num_processes GPUs; rank 0 writes result.json."""
+    import shutil
+    import subprocess
+    import sys
+    tcfg = getattr(cfg, kind)
+    if not shutil.which("accelerate") and not (Path(sys.executable).parent / "accelerate").exists():
+        raise CharacterError(f"{kind}.num_processes={tcfg.num_processes}: needs accelerate; run: pip install -e '.[train]'")
+    exe = shutil.which("accelerate") or str(Path(sys.executable).parent / "accelerate")
+    out = run_dir / kind / "result.json"
+    out.unlink(missing_ok=True)
+    import torch
+    strategy = tcfg.distributed if torch.cuda.is_available() else "cpu"
+    cmd = [exe, "launch", "--config_file", str(accelerate_config(strategy)),
+           "--num_processes", str(tcfg.num_processes), "-m", "character.train", str(run_dir), kind]
+    if subprocess.run(cmd).returncode != 0 or not out.exists():
+        raise CharacterError(f"{kind}: the {tcfg.num_processes}-process training failed; see the log above "
+                             f"(command: {' '.join(cmd)})")
+    data = json.loads(out.read_text())
+    return data["result"], data["counts"], data["init"]
+
+
 def run(cfg, run_dir: Path, kind: str) -> dict:
     from .config import config_hash
     from .distill import is_heldout
@@ -59,35 +121,19 @@ def run(cfg, run_dir: Path, kind: str) -> dict:
     tcfg = getattr(cfg, kind)
     status = start_status(stage, kind, None, config_hash(tcfg))
     (stage / "metrics.jsonl").unlink(missing_ok=True)  # training restarts from the beginning
-    log, handle = _metrics_logger(stage / "metrics.jsonl")
-    trainer = get_trainer(tcfg.backend)
-    base = student_path(cfg.models.student)
-    try:
-        if kind == "dpo":
-            pairs = read_jsonl(run_dir / "distill" / "pairs.jsonl", PreferencePair)
-            train = [p for p in pairs if not is_heldout(p.id, cfg.distill.heldout)]
-            held = [p for p in pairs if is_heldout(p.id, cfg.distill.heldout)]
-            if not train:
-                raise CharacterError(f"run={run_dir.name!r}: no training pairs; run distill (or raise prompts.total)")
-            result = trainer.train_dpo(train, base, tcfg, stage, log)
-            counts = {"train_pairs": len(train), "heldout_pairs": len(held)}
-            from .training.trl import preference_metrics
-            result.update(preference_metrics(base, str(stage / "adapter"), held, tcfg.beta))
-            init = []
-        else:
-            examples = read_jsonl(run_dir / "introspect" / "sft.jsonl", SFTExample)
-            if cfg.introspect.include_thinking and (run_dir / "introspect" / "thinking.jsonl").exists():
-                from .introspect import thinking_as_sft
-                from .types import IntrospectionExample
-                examples += [thinking_as_sft(e) for e in read_jsonl(run_dir / "introspect" / "thinking.jsonl",
-                                                                     IntrospectionExample)]
-            if not examples:
-                raise CharacterError(f"run={run_dir.name!r}: no SFT examples; run introspect first")
-            init = [str(run_dir / "dpo" / "adapter")] if (run_dir / "dpo" / "adapter").exists() else []
-            result = trainer.train_sft(examples, base, tcfg, stage, log, init_adapters=init)
-            counts = {"sft_examples": len(examples)}
-    finally:
-        handle.close()
+    if tcfg.num_processes > 1 and tcfg.backend == "trl":
+        result, counts, init = _launch(cfg, run_dir, kind)
+    else:
+        log, handle = _metrics_logger(stage / "metrics.jsonl")
+        try:
+            result, counts, init = _fit(cfg, run_dir, kind, log)
+        finally:
+            handle.close()
+    if kind == "dpo":
+        pairs = read_jsonl(run_dir / "distill" / "pairs.jsonl", PreferencePair)
+        held = [p for p in pairs if is_heldout(p.id, cfg.distill.heldout)]
+        base = student_path(cfg.models.student, tcfg.backend)
+        result.update(get_trainer(tcfg.backend).preference_metrics(base, str(stage / "adapter"), held, tcfg.beta))
     history = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]
     warning = saturation_warning(history) if kind == "dpo" else None
     if warning:
@@ -102,3 +148,31 @@ def run(cfg, run_dir: Path, kind: str) -> dict:
                                        "warning": warning, "finished": time.time()})
     write_status(stage, status)
     return result
+
+
+def _child(run_dir: Path, kind: str) -> None:
+    """One process of a multi-GPU stage (started by `_launch` through `accelerate launch`)."""
+    import os
+
+    import yaml
+
+    from .config import RecipeConfig
+    from .runs import write_json
+    cfg = RecipeConfig.model_validate(yaml.safe_load((run_dir / "recipe.yaml").read_text()))
+    main = os.environ.get("RANK", "0") == "0"
+    if main:
+        log, handle = _metrics_logger(run_dir / kind / "metrics.jsonl")
+    else:
+        log, handle = (lambda step, row: None), None
+    try:
+        result, counts, init = _fit(cfg, run_dir, kind, log)
+    finally:
+        if handle:
+            handle.close()
+    if main:
+        write_json(run_dir / kind / "result.json", {"result": result, "counts": counts, "init": init})
+
+
+if __name__ == "__main__":
+    import sys
+    _child(Path(sys.argv[1]), sys.argv[2])

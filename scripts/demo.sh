@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# `make demo`: the whole pipeline on the embedded model, on a CPU, then a chat turn beside the base model.
+# `make demo`: the whole pipeline on the embedded model, on a CPU, a chat turn beside the base model,
+# the evaluation, and the report card (data/runs/pirate-cpu/report.html).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 C=.venv/bin/character
@@ -12,5 +13,8 @@ echo
 echo "== the trained model (no system prompt) beside the base model"
 $C chat pirate-cpu --compare base -m "How do I boil an egg?" --max-tokens 80 --seed 1
 echo
-echo "== evaluation (first part): classifier, robustness under attacks, likelihood gain"
-$C eval run pirate-cpu
+echo "== evaluation: classifier, likelihood, robustness under attacks, revealed preferences, judges"
+$C eval pirate-cpu
+echo
+echo "== the report card"
+$C report pirate-cpu

@@ -73,3 +73,23 @@ def test_single_stage_command_and_report(tmp_path, home):
     assert r.returncode == 0 and "prompts.jsonl" in r.stdout
     r = run_cli("report", "no-such-run", env={"CHARACTER_HOME": str(home)})
     assert r.returncode == 1 and "no such run" in r.stderr
+
+
+def test_backend_and_evaluation_fields_are_checked():
+    from character.config import recipe_errors
+    data = yaml.safe_load((ROOT / "configs" / "pirate-cpu.yaml").read_text())
+    data["dpo"]["backend"] = "magic"
+    data["sft"]["distributed"] = "zero9"
+    data["eval"]["attacks"] = ["ignore_roleplay", "shout"]
+    data["eval"]["conditions"] = ["feel", "love"]
+    errors = "\n".join(recipe_errors(data))
+    assert "dpo.backend='magic'" in errors and "sft.distributed='zero9'" in errors
+    assert "'shout' is not an attack" in errors and "'love' is not a condition" in errors
+    data = yaml.safe_load((ROOT / "configs" / "pirate-tinker.yaml").read_text())
+    data["dpo"]["num_processes"] = 4
+    assert any("Tinker runs remotely" in e for e in recipe_errors(data))
+
+
+def test_eval_on_a_missing_run_says_so(home):
+    r = run_cli("eval", "no-such-run", env={"CHARACTER_HOME": str(home)})
+    assert r.returncode == 1 and "no such run" in r.stderr and len(r.stderr.strip().splitlines()) == 1

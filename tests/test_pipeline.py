@@ -27,6 +27,8 @@ TINY = {
     "introspect": {"reflection_prompts": 2, "samples_per_prompt": 1, "interactions": 1, "turns": 3,
                    "sampling": {"max_tokens": 40, "temperature": 0.7}},
     "sft": {"rank": 8, "alpha": 16, "lr": 5e-4, "epochs": 2, "batch_size": 2, "max_length": 256, "warmup_ratio": 0.0},
+    "eval": {"prompts": 2, "max_tokens": 16, "preference_prompts": 2, "conditions": ["feel", "random"],
+             "rubric_answers": 1, "conversations": 1, "bootstrap_rounds": 20},
 }
 
 
@@ -64,16 +66,40 @@ def test_end_to_end_makes_a_more_in_character_model(tmp_path, home):
     chat = run_cli("chat", "tiny", "--compare", "base", "-m", "Hello!", "--max-tokens", "12",
                    env={"CHARACTER_HOME": str(home)})
     assert chat.returncode == 0 and "trained>" in chat.stdout and "base>" in chat.stdout
-    ev = run_cli("eval", "run", "tiny", "--max-prompts", "2", "--max-tokens", "16", env={"CHARACTER_HOME": str(home)})
+    ev = run_cli("eval", "tiny", env={"CHARACTER_HOME": str(home)})  # `character eval RUN`
     assert ev.returncode == 0, ev.stderr[-2000:]
     summary = read_json(rdir / "eval" / "summary.json")
+    assert summary["judge"] == "embedded"
     assert 0 <= summary["classifier"]["accuracy"] <= 1 and summary["classifier"]["heldout_rows"] >= 2
-    assert summary["likelihood"]["low"] <= summary["likelihood"]["gain_per_token"] <= summary["likelihood"]["high"]
+    lk = summary["likelihood"]
+    assert lk["low"] <= lk["gain_per_token"] <= lk["high"]
+    assert lk["perplexity"]["plain"]["base"]["perplexity"] > 1 and lk["perplexity"]["in_character"]["trained"]["tokens"] > 0
     cells = summary["robustness"]
     assert set(cells) == {f"{m}|{a}" for m in ("base", "prompted", "trained", "trained+prompted")
                           for a in ("none", "ignore_roleplay", "neutral_assistant", "prefill")}
     assert all(c["n"] == 2 and c["low"] <= c["in_character"] <= c["high"] for c in cells.values())
-    assert "in-character share" in ev.stdout
+    pref = summary["preferences"]
+    for m in ("base", "trained"):  # every answer is a match, a 'neither' or a counted judge failure
+        assert pref["answers"][m] == 4
+        assert pref["matches"][m] + pref["neither"][m] + pref["judge_failures"][m] == 4
+    j = summary["judges"]
+    for key in ("coherence", "pairwise"):
+        assert j[key]["wins"] + j[key]["losses"] + j[key]["ties"] + j[key]["failures"] == 2
+    assert set(j["evaluators"]["trained"]["per_evaluator"]) == {"persona_consistency", "helpfulness", "safety"}
+    assert "in-character share" in ev.stdout and "revealed preferences" in ev.stdout
+    # resumable: a second run reuses every saved section instead of generating again
+    stamps = {p.name: p.stat().st_mtime_ns for p in (rdir / "eval").glob("*.json") if p.name != "summary.json"}
+    assert set(stamps) >= {"classifier.json", "likelihood.json", "robustness.json", "preferences.json", "judges.json"}
+    again = run_cli("eval", "tiny", env={"CHARACTER_HOME": str(home)})
+    assert again.returncode == 0 and again.stdout == ev.stdout
+    assert {p: (rdir / "eval" / p).stat().st_mtime_ns for p in stamps} == stamps
+    rep = run_cli("report", "tiny", env={"CHARACTER_HOME": str(home)})
+    assert rep.returncode == 0, rep.stderr[-2000:]
+    html, md = (rdir / "report.html").read_text(), (rdir / "report.md").read_text()
+    for fig in ("fig-robustness", "fig-judges", "fig-training_dpo"):
+        assert fig in html
+    for section in ("Persona classifier", "Likelihood", "Robustness", "Revealed trait preferences", "LLM judges"):
+        assert f"## {section}" in md
 
 
 def _rows(d: Path):

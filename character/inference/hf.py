@@ -7,6 +7,7 @@ GPUs that support it, float32 otherwise.
 
 from __future__ import annotations
 
+import os
 import threading
 from pathlib import Path
 from typing import Iterator
@@ -23,26 +24,40 @@ except ImportError as e:  # pragma: no cover - depends on installed extras
 
 
 def pick_device() -> str:
-    if torch.cuda.is_available():
-        return "cuda"
+    if torch.cuda.is_available():  # under `accelerate launch`, each process takes its own GPU
+        return f"cuda:{os.environ['LOCAL_RANK']}" if "LOCAL_RANK" in os.environ else "cuda"
     if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
         return "mps"
     return "cpu"
 
 
 def pick_dtype(device: str):
-    if device == "cuda" and torch.cuda.is_bf16_supported():
+    if device.startswith("cuda") and torch.cuda.is_bf16_supported():
         return torch.bfloat16
     return torch.float32
 
 
-def load_model(path_or_id: str, device: str | None = None, dtype=None):
-    """Load tokenizer + causal LM, with a one-line error for unknown models."""
+def load_model(path_or_id: str, device: str | None = None, dtype=None, load_in_4bit: bool = False):
+    """Load tokenizer + causal LM, with a one-line error for unknown models. `load_in_4bit`: QLoRA's
+    NF4 quantisation with bf16 compute (bitsandbytes, CUDA only)."""
     device = device or pick_device()
     dtype = dtype or pick_dtype(device)
+    kwargs: dict = {"dtype": dtype}
+    if load_in_4bit:
+        if not device.startswith("cuda"):
+            raise ModelSpecError("load_in_4bit: 4-bit (QLoRA) loading needs a CUDA GPU; set load_in_4bit: false")
+        try:
+            import bitsandbytes  # noqa: F401
+        except ImportError:
+            raise ModelSpecError("load_in_4bit: needs bitsandbytes; run: pip install -e '.[gpu]'") from None
+        from transformers import BitsAndBytesConfig
+        kwargs["quantization_config"] = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
+                                                           bnb_4bit_compute_dtype=torch.bfloat16,
+                                                           bnb_4bit_use_double_quant=True)
+        kwargs["device_map"] = {"": int(os.environ.get("LOCAL_RANK", 0))}
     try:
         tokenizer = AutoTokenizer.from_pretrained(path_or_id)
-        model = AutoModelForCausalLM.from_pretrained(path_or_id, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(path_or_id, **kwargs)
     except (OSError, ValueError) as e:
         where = "folder" if Path(path_or_id).exists() else "hub id or local folder"
         first = str(e).strip().splitlines()[0][:160] if str(e).strip() else type(e).__name__
@@ -51,7 +66,9 @@ def load_model(path_or_id: str, device: str | None = None, dtype=None):
     tokenizer.padding_side = "left"
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return tokenizer, model.to(device).eval()
+    if not load_in_4bit:
+        model = model.to(device)
+    return tokenizer, model.eval()
 
 
 class HFBackend:

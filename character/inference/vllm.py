@@ -1,8 +1,11 @@
 """In-process vLLM backend (GPU): batched generation with optional LoRA adapters.
 
-Spec `vllm/<hub-id-or-path>`; extra `gpu`. Adapters are served with `LoRARequest`, so teacher,
-student and a trained model can be sampled from one loaded base without merging. For a server
-instead, run `vllm serve MODEL` and use `openai/MODEL` with OPENAI_BASE_URL pointing at it.
+Spec `vllm/<hub-id-or-path>`; extra `gpu`. Options (recipe `models.options`): `adapter` (a PEFT
+LoRA folder), `tensor_parallel_size`, `data_parallel_size`, `max_model_len`,
+`gpu_memory_utilization`, `max_lora_rank`. One engine is loaded per base model and shared by every
+backend on it; adapters are served per request with `LoRARequest`, so teacher, student and the
+DPO-trained model are sampled from one loaded base without merging. For a server instead, run
+`vllm serve MODEL --enable-lora` and use `openai/MODEL` with OPENAI_BASE_URL pointing at it.
 """
 
 from __future__ import annotations
@@ -14,21 +17,30 @@ from ..types import Completion, Conversation, SamplingParams
 from . import as_messages
 
 
+_ENGINES: dict[tuple, object] = {}
+_ADAPTER_IDS: dict[int, dict[str, int]] = {}
+
+
 class VLLMBackend:
     supports_logprobs = False
     supports_prefill = True
 
     def __init__(self, model: str, adapter: str | None = None, tensor_parallel_size: int = 1,
-                 max_model_len: int = 4096, gpu_memory_utilization: float = 0.9, max_lora_rank: int = 64):
+                 data_parallel_size: int = 1, max_model_len: int = 4096, gpu_memory_utilization: float = 0.9,
+                 max_lora_rank: int = 64):
         try:
             from vllm import LLM
         except ImportError:
             raise MissingDependencyError("backend 'vllm' needs vLLM and a GPU; run: pip install -e '.[gpu]'") from None
-        self.name = f"vllm/{model}"
+        self.name = f"vllm/{model}" + (f"+{adapter}" if adapter else "")
         self.adapter = adapter
-        self.llm = LLM(model=model, tensor_parallel_size=tensor_parallel_size, max_model_len=max_model_len,
-                       gpu_memory_utilization=gpu_memory_utilization, enable_lora=adapter is not None,
-                       max_lora_rank=max_lora_rank)
+        key = (model, tensor_parallel_size, data_parallel_size, max_model_len)
+        if key not in _ENGINES:  # LoRA is always enabled so any adapter can be served later
+            _ENGINES[key] = LLM(model=model, tensor_parallel_size=tensor_parallel_size,
+                                data_parallel_size=data_parallel_size, max_model_len=max_model_len,
+                                gpu_memory_utilization=gpu_memory_utilization, enable_lora=True,
+                                max_lora_rank=max_lora_rank)
+        self.llm = _ENGINES[key]
 
     def _params(self, params: SamplingParams, json_schema: dict | None):
         from vllm import SamplingParams as VParams
@@ -43,7 +55,9 @@ class VLLMBackend:
         if not self.adapter:
             return None
         from vllm.lora.request import LoRARequest
-        return LoRARequest("adapter", 1, self.adapter)
+        ids = _ADAPTER_IDS.setdefault(id(self.llm), {})
+        ids.setdefault(self.adapter, len(ids) + 1)
+        return LoRARequest(f"adapter-{ids[self.adapter]}", ids[self.adapter], self.adapter)
 
     def generate(self, conversations: list[Conversation], params: SamplingParams,
                  json_schema: dict | None = None, progress: bool = False) -> list[list[Completion]]:

@@ -4,7 +4,8 @@
     train_sft(examples, base, cfg, out_dir, log_metrics, init_adapters) -> dict of final metrics
 
 `log_metrics(step, dict)` receives per-step numbers; backends know nothing about run files.
-Local: trl.py (TRL + PEFT). Remote: tinker.py (not built yet; see the README).
+Local: trl.py (TRL + PEFT). Remote: tinker.py (Tinker SDK). Each also offers
+preference_metrics(base, adapter, heldout_pairs, beta) for the held-out check after DPO.
 """
 
 from __future__ import annotations
@@ -16,4 +17,7 @@ def get_trainer(name: str):
     if name == "trl":
         from . import trl
         return trl
-    raise CharacterError(f"backend={name!r}: the {name} training backend is not built yet; use backend: trl")
+    if name == "tinker":
+        from . import tinker
+        return tinker
+    raise CharacterError(f"backend={name!r}: unknown training backend; use trl (local) or tinker (remote)")

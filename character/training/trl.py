@@ -35,7 +35,8 @@ def trainer_args(cfg, out_dir: Path, kind: str):
                   max_length=cfg.max_length, warmup_steps=cfg.warmup_ratio, lr_scheduler_type="cosine",
                   seed=cfg.seed, logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=False,
                   bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-                  use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0)
+                  use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
+                  gradient_checkpointing=cfg.gradient_checkpointing)
     if kind == "dpo":
         losses, weights = (["sigmoid", "sft"], [1.0, cfg.nll]) if cfg.nll > 0 else (["sigmoid"], [1.0])
         return DPOConfig(beta=cfg.beta, loss_type=losses, loss_weights=weights, **common)
@@ -48,7 +49,7 @@ class _Metrics(TrainerCallback):
         self.history: list[dict] = []
 
     def on_log(self, args, state, control, logs=None, **kwargs):
-        if logs:
+        if logs and state.is_world_process_zero:  # one writer under multi-GPU training
             row = {k: float(v) for k, v in logs.items() if isinstance(v, (int, float))}
             self.history.append(row)
             self.log_metrics(state.global_step, row)
@@ -58,9 +59,23 @@ def _adapter_state(model) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.named_parameters() if "lora_" in k}
 
 
-def load_base(base: str, init_adapters: list[str] = ()):
-    """The student, with earlier adapters folded into its weights (SFT trains on the DPO-merged model)."""
-    tokenizer, model = load_model(base)
+def load_base(base: str, init_adapters: list[str] = (), load_in_4bit: bool = False):
+    """The student, with earlier adapters folded into its weights (SFT trains on the DPO-merged model).
+    QLoRA (load_in_4bit): 4-bit weights cannot take a merge, so the merge is done once in full
+    precision on the CPU, saved beside the first adapter (merged-student/), and that is quantised."""
+    if load_in_4bit and init_adapters:
+        merged = Path(init_adapters[0]).parent / "merged-student"
+        if not (merged / "config.json").exists():
+            tokenizer, model = load_model(base, device="cpu", dtype=torch.bfloat16)
+            for path in init_adapters:
+                model = PeftModel.from_pretrained(model, path).merge_and_unload()
+            model.save_pretrained(merged)
+            tokenizer.save_pretrained(merged)
+        base, init_adapters = str(merged), []
+    tokenizer, model = load_model(base, load_in_4bit=load_in_4bit)
+    if load_in_4bit:
+        from peft import prepare_model_for_kbit_training
+        model = prepare_model_for_kbit_training(model, use_gradient_checkpointing=False)
     for path in init_adapters:
         model = PeftModel.from_pretrained(model, path).merge_and_unload()
     tokenizer.padding_side = "right"  # training pads on the right; generation uses left
@@ -72,7 +87,7 @@ def train_dpo(pairs: list[PreferencePair], base: str, cfg, out_dir: Path, log_me
     from trl import DPOTrainer
 
     from ..distill import to_trl
-    tokenizer, model = load_base(base)
+    tokenizer, model = load_base(base, load_in_4bit=cfg.load_in_4bit)
     dataset = Dataset.from_list([to_trl(p) for p in pairs])
     cb = _Metrics(log_metrics)
     trainer = DPOTrainer(model=model, args=trainer_args(cfg, out_dir, "dpo"), train_dataset=dataset,
@@ -111,7 +126,7 @@ def train_sft(examples: list[SFTExample], base: str, cfg, out_dir: Path, log_met
     from datasets import Dataset
     from trl import SFTTrainer
 
-    tokenizer, model = load_base(base, init_adapters)
+    tokenizer, model = load_base(base, init_adapters, load_in_4bit=cfg.load_in_4bit)
     rows = [tokenize_for_sft(tokenizer, [m.model_dump() for m in ex.messages], cfg.max_length) for ex in examples]
     rows = [r for r in rows if any(r["assistant_masks"])]
     dataset = Dataset.from_list(rows)
@@ -127,8 +142,9 @@ def _finish(trainer, tokenizer, before: dict, cb: _Metrics, out_dir: Path) -> di
     after = _adapter_state(trainer.model)
     change = max((after[k] - before[k]).abs().max().item() for k in before)
     adapter = out_dir / "adapter"
-    trainer.model.save_pretrained(adapter)
-    tokenizer.save_pretrained(adapter)
+    if trainer.accelerator.is_main_process:
+        trainer.model.save_pretrained(adapter)
+        tokenizer.save_pretrained(adapter)
     losses = [h["loss"] for h in cb.history if "loss" in h]
     k = max(1, len(losses) // 4)
     return {"steps": trainer.state.global_step, "adapter_max_change": change,

@@ -1,0 +1,74 @@
+"""The report card from fixture run folders: tables and charts carry the fixture's numbers, and
+several runs go side by side."""
+
+from __future__ import annotations
+
+import json
+
+from character.report import report_tables, write_report
+
+
+def fixture_run(root, name, in_char, gain):
+    r = root / name
+    (r / "eval").mkdir(parents=True)
+    (r / "dpo").mkdir()
+    (r / "dpo" / "metrics.jsonl").write_text("".join(
+        json.dumps({"step": s, "loss": 1.0 / s, "rewards/margins": 0.1 * s}) + "\n" for s in (1, 2, 3)))
+    ratings = {"bold": {"rating": 1100.0, "low": 1000.0, "high": 1200.0, "elo": 1016.0, "matches": 3},
+               "calm": {"rating": 900.0, "low": 800.0, "high": 1000.0, "elo": 984.0, "matches": 3}}
+    summary = {
+        "judge": "embedded", "base": "embedded",
+        "classifier": {"accuracy": 0.93, "macro_f1": 0.92, "heldout_rows": 26, "confusion": [[12, 1], [1, 12]]},
+        "likelihood": {"gain_per_token": gain, "low": gain - 0.01, "high": gain + 0.01, "n": 13,
+                       "perplexity": {k: {m: {"perplexity": 5.0, "tokens": 10, "turns": 1} for m in ("base", "trained")}
+                                      for k in ("in_character", "plain")}},
+        "robustness": {f"{m}|{a}": {"in_character": in_char if m == "trained" else 0.25, "low": 0.0, "high": 1.0,
+                                    "n": 8}
+                       for m in ("base", "prompted", "trained", "trained+prompted") for a in ("none", "prefill")},
+        "preferences": {"matches": {"base": 3, "trained": 3}, "judge_failures": {"base": 1, "trained": 0},
+                        "neither": {"base": 0, "trained": 1}, "judge_position_bias": 0.9,
+                        "ratings": {"base": ratings, "trained": ratings},
+                        "movers": {"up": [["bold", 50.0]], "down": [["calm", -50.0]]},
+                        "constitution_traits": {"words": ["bold"], "rated": {"bold": 50.0}, "mean_delta": 50.0}},
+        "judges": {"judge": "embedded",
+                   **{k: {"opponent": o, "win_rate": 0.75, "low": 0.5, "high": 1.0, "judged": 4, "wins": 2,
+                          "losses": 0, "ties": 2, "failures": 1} for k, o in (("coherence", "prompted"),
+                                                                             ("pairwise", "base"))},
+                   "rubric": {m: {"mean": 3.5, "failures": 2, "per_trait": {}} for m in ("base", "trained")},
+                   "evaluators": {m: {"per_evaluator": {e: {"mean": 4.0, "n": 3, "failures": 0} for e in
+                                                        ("persona_consistency", "helpfulness", "safety")},
+                                      "failures": 0, "per_conversation": {}} for m in ("base", "trained")}}}
+    (r / "eval" / "summary.json").write_text(json.dumps(summary))
+    return r
+
+
+def test_report_shows_the_fixture_numbers(tmp_path):
+    r = fixture_run(tmp_path, "alpha", 0.875, 0.084)
+    html, md = write_report([r], tmp_path / "out")
+    text = md.read_text()
+    assert "| trained / none | 0.88 [0.00, 1.00] |" in text
+    assert "+0.084 [+0.074, +0.094]" in text and "0.93" in text
+    assert "W2/L0/T2, 1 failed" in text and "bold +50" in text
+    page = html.read_text()
+    for fig in ("fig-preferences", "fig-robustness", "fig-judges", "fig-training_dpo"):
+        assert f"id='fig-{fig[4:]}'" in page
+    assert "0.875" in page  # the robustness chart's point
+
+
+def test_several_runs_side_by_side(tmp_path):
+    a, b = fixture_run(tmp_path, "alpha", 0.875, 0.084), fixture_run(tmp_path, "beta", 0.5, -0.02)
+    tables = report_tables([a, b])
+    header = tables[0][1]
+    assert header == ["", "alpha", "beta"]
+    rob = next(t for t in tables if t[0].startswith("Robustness"))
+    row = next(x for x in rob[2] if x[0] == "trained / none")
+    assert row[1].startswith("0.88") and row[2].startswith("0.50")
+    html, _ = write_report([a, b], tmp_path / "cmp")
+    assert "alpha: trained" in html.read_text()
+
+
+def test_report_of_a_run_without_evaluation(tmp_path):
+    r = tmp_path / "bare"
+    (r / "dpo").mkdir(parents=True)
+    html, md = write_report([r], tmp_path / "out")
+    assert "## Runs" in md.read_text() and "Persona classifier" not in md.read_text()
