@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.setup-done
 
-.PHONY: setup demo test test-fast studio clean-runs
+.PHONY: setup browser demo test test-fast studio clean-runs
 
 setup: $(STAMP)
 
@@ -32,7 +32,13 @@ $(STAMP): pyproject.toml Makefile
 demo: setup
 	bash scripts/demo.sh
 
-test: setup
+# The studio's browser test drives Debian's chromium through Playwright (no browser download).
+browser:
+	@command -v chromium >/dev/null 2>&1 || { echo "installing chromium with apt"; \
+	  SUDO=$$( [ "$$(id -u)" = 0 ] || echo sudo ); \
+	  $$SUDO apt-get update -q && $$SUDO env DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium; }
+
+test: setup browser
 	$(BIN)/python -m pytest -q
 
 test-fast: setup

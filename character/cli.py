@@ -175,6 +175,34 @@ def cmd_stage(args) -> int:
     return 0
 
 
+def cmd_preview(args) -> int:
+    from . import constitution as C
+    from .distill import make_pairs
+    from .inference import get_backend
+    from .prompts import build_prompts
+    from .runs import write_jsonl
+    from .types import SamplingParams
+    c = C.load(args.constitution)
+    mix = {}
+    for part in args.mix.split(","):
+        k, _, v = part.partition("=")
+        try:
+            mix[k.strip()] = float(v)
+        except ValueError:
+            raise CharacterError(f"mix={args.mix!r}: write source=share pairs, e.g. constitution=0.5,generic=0.5") from None
+    unknown = set(mix) - {"constitution", "templates", "generic"}
+    if unknown or not 2 <= args.n <= 10:
+        raise CharacterError(f"mix/n: sources are constitution, templates, generic and n is 2-10 (got {sorted(unknown)}, "
+                             f"{args.n})")
+    prompts = build_prompts(c, args.n, mix, seed=args.seed, hint_rate=args.hint_rate)
+    pairs, filtered = make_pairs(c, prompts, get_backend(args.teacher), get_backend(args.student),
+                                 SamplingParams(max_tokens=args.max_tokens, temperature=0.7, seed=args.seed,
+                                                repetition_penalty=1.1), drop_truncated=False)
+    write_jsonl(Path(args.out), pairs)
+    print(f"{len(pairs)} pairs ({len(filtered)} filtered) written to {args.out}")
+    return 0
+
+
 def cmd_report(args) -> int:
     from .report import run_summary, write_report
     from .runs import character_home, check_slug, run_dir
@@ -216,7 +244,9 @@ def cmd_studio(args) -> int:
     app = Path(__file__).resolve().parent.parent / "studio_app.py"
     os.execvp(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app),
                                "--server.address", args.address, "--server.port", str(args.port),
-                               "--server.headless", "true"])
+                               "--server.headless", "true",
+                               # no source watching: polling the tree cost a whole CPU core on 2 cores
+                               "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"])
     return 0
 
 
@@ -442,6 +472,18 @@ def build_parser() -> argparse.ArgumentParser:
     cl.add_argument("--out", default="data/classifier", help="train: output folder")
     cl.add_argument("--model", default="data/classifier", help="score: classifier folder")
     cl.set_defaults(func=cmd_eval)
+
+    pv = sub.add_parser("preview", help="a few prompts answered by teacher (in character) and student, side by side")
+    pv.add_argument("constitution")
+    pv.add_argument("--n", type=int, default=4, help="prompts, 2-10")
+    pv.add_argument("--teacher", default=default_model("teacher"))
+    pv.add_argument("--student", default=default_model("student"))
+    pv.add_argument("--mix", default="constitution=0.5,templates=0.25,generic=0.25")
+    pv.add_argument("--hint-rate", type=float, default=0.2)
+    pv.add_argument("--max-tokens", type=int, default=96)
+    pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("--out", required=True, help="JSONL of preference pairs")
+    pv.set_defaults(func=cmd_preview)
 
     rp = sub.add_parser("report", help="the report card of one run, or several side by side")
     rp.add_argument("runs", nargs="+")

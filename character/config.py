@@ -260,3 +260,16 @@ def config_hash(section: BaseModel | dict) -> str:
     from .types import stable_id
     data = section.model_dump() if isinstance(section, BaseModel) else section
     return stable_id(data)
+
+
+def save_recipe(data: dict) -> Path:
+    """Validate a recipe (all errors in one message) and write it to CHARACTER_HOME/recipes/<name>.yaml,
+    so a run started from the studio can be repeated with `character run` on that file."""
+    from .runs import character_home, check_slug, write_atomic
+    errors = recipe_errors(data)
+    if errors:
+        raise RecipeError("; ".join(errors))
+    cfg = RecipeConfig.model_validate(data)
+    path = character_home() / "recipes" / f"{check_slug(cfg.name)}.yaml"
+    write_atomic(path, f"# character run {path}\n" + yaml.safe_dump(data, sort_keys=False))
+    return path

@@ -12,6 +12,7 @@ reports/<run_a>+<run_b>.../ under CHARACTER_HOME unless --out says where.
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 from .runs import read_json, read_status
@@ -30,6 +31,49 @@ def metric_history(rdir: Path, kind: str) -> list[dict]:
     if not p.exists():
         return []
     return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+
+
+def list_runs() -> list[dict]:
+    """Every run folder: name, stages done, whether it has a merged model, an evaluation, a report."""
+    from .runs import runs_root
+    root = runs_root()
+    out = []
+    for rdir in sorted(p for p in root.glob("*") if p.is_dir()) if root.exists() else []:
+        done = [s for s in STAGE_FILES if (st := read_status(rdir / s)) and st.state == "done"]
+        out.append({"run": rdir.name, "stages done": ", ".join(done), "merged": (rdir / "merge" / "model").exists(),
+                    "evaluated": (rdir / "eval" / "summary.json").exists(),
+                    "report": (rdir / "report.html").exists()})
+    return out
+
+
+def stage_rows(rdir: Path) -> list[dict]:
+    """One row per pipeline stage (and eval): state, rows done/total, seconds, error, warning."""
+    rows = []
+    for stage in [*STAGE_FILES, "eval"]:
+        st = read_status(rdir / stage)
+        if not st:
+            rows.append({"stage": stage, "state": "-", "done": 0, "total": None, "seconds": None, "note": ""})
+            continue
+        end = st.finished or (time.time() if st.state == "running" else None)
+        rows.append({"stage": stage, "state": st.state, "done": st.done, "total": st.total,
+                     "seconds": round(end - st.started) if end and st.started else None,
+                     "note": st.error or st.warning or ""})
+    return rows
+
+
+def checkpoints(rdir: Path) -> list[dict]:
+    """The run's adapters and merged model with their metadata and metrics."""
+    out = []
+    for kind, folder in (("dpo", "dpo/adapter"), ("sft", "sft/adapter"), ("merged", "merge/model")):
+        path = rdir / folder
+        if not path.exists():
+            continue
+        meta = read_json(rdir / kind / "checkpoint.json") if (rdir / kind / "checkpoint.json").exists() else {}
+        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
+        out.append({"kind": kind, "path": str(path), "MB": round(size / 2**20, 1),
+                    "created": meta.get("created"), "metrics": meta.get("metrics", {}),
+                    "hyperparameters": meta.get("hyperparameters", {})})
+    return out
 
 
 def run_summary(rdir: Path, timings: dict | None = None) -> str:

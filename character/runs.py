@@ -155,3 +155,15 @@ def start_status(stage_path: Path, stage: str, total: int | None, config_hash: s
                          started=time.time())
     write_status(stage_path, status)
     return status
+
+
+def zip_folder(path: Path) -> bytes:
+    """A folder as zip bytes (for downloads)."""
+    import io
+    import zipfile
+    buf = io.BytesIO()
+    with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                z.write(f, f.relative_to(path.parent))
+    return buf.getvalue()

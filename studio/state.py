@@ -1,15 +1,21 @@
-"""Studio state: cached library calls. Pages call these, never the file system directly."""
+"""Studio state: every page gets its data and starts its work through here. Reads are cached
+library calls; long work is a detached `character ...` job (character.jobs), never run inside the
+Streamlit script. Pages do not touch files."""
 
 from __future__ import annotations
 
 import streamlit as st
 
 from character import constitution as C
-from character.config import load_env
+from character import jobs, report
+from character.config import key_status, load_env, save_recipe
 from character.errors import CharacterError
+from character.runs import character_home, read_jsonl, run_dir, zip_folder
 
 load_env()
 
+
+# -- constitutions -------------------------------------------------------------------------------
 
 @st.cache_data(ttl=5)
 def constitution_table() -> list[dict]:
@@ -28,13 +34,188 @@ def load_constitution(name: str) -> C.Constitution:
     return C.load(name)
 
 
-def validate_text(text: str, fmt: str) -> C.Constitution:
-    """Validate pasted YAML/JSON with the library's messages (raises CharacterError)."""
+def parse_text(text: str, fmt: str):
     import json
 
     import yaml
     try:
-        data = json.loads(text) if fmt == "json" else yaml.safe_load(text)
+        return json.loads(text) if fmt == "json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:
         raise CharacterError(f"contents: cannot parse ({str(e).splitlines()[0]}); fix the syntax") from None
-    return C.from_data(data, source="editor")
+
+
+def validate_text(text: str, fmt: str) -> C.Constitution:
+    """Validate pasted YAML/JSON with the library's messages (raises CharacterError)."""
+    return C.from_data(parse_text(text, fmt), source="editor")
+
+
+def constitution_from_form(name: str, description: str, system_prompt: str, traits: list[tuple[str, str]],
+                           directives: str, safety: str, signoffs: str) -> C.Constitution:
+    """Form fields -> a validated Constitution (questions: one per line)."""
+    lines = lambda text: [x.strip() for x in text.splitlines() if x.strip()]  # noqa: E731
+    data = {"name": name.strip(), "description": description.strip(), "system_prompt": system_prompt.strip(),
+            "traits": [{"trait": t.strip(), "questions": lines(q)} for t, q in traits if t.strip() or q.strip()],
+            "directives": lines(directives), "safety": lines(safety), "signoffs": lines(signoffs)}
+    return C.from_data(data, source="form")
+
+
+def save_constitution(c: C.Constitution, overwrite: bool) -> str:
+    path = C.save(c, overwrite=overwrite)
+    constitution_table.clear()
+    return str(path)
+
+
+def dump_constitution(c: C.Constitution, fmt: str = "yaml") -> str:
+    return C.dump(c, fmt)
+
+
+def system_prompt(c: C.Constitution) -> str:
+    return C.render_system_prompt(c)
+
+
+def import_trait_list(text: str, name: str) -> C.Constitution:
+    import tempfile
+    from pathlib import Path
+    with tempfile.TemporaryDirectory() as d:
+        p = Path(d) / f"{name or 'imported'}.txt"
+        p.write_text(text, encoding="utf-8")
+        return C.import_trait_list(p, name or None)
+
+
+# -- jobs ----------------------------------------------------------------------------------------
+
+def launch(run: str, stage: str, args: list[str]) -> jobs.Job:
+    return jobs.launch(run, stage, args)
+
+
+def job_table(run: str | None = None) -> list[dict]:
+    return [{"id": j.id, "run": j.run, "stage": j.stage, "status": j.status, "exit": j.returncode,
+             "command": "character " + " ".join(j.command)} for j in jobs.jobs(run)]
+
+
+def latest_job(run: str, stage: str) -> jobs.Job | None:
+    return next((j for j in jobs.jobs(run) if j.stage == stage), None)
+
+
+def job_log(job: jobs.Job, lines: int = 30) -> str:
+    return jobs.tail(job, lines)
+
+
+def cancel(job_id: int) -> None:
+    jobs.cancel(job_id)
+
+
+def resume(job_id: int) -> jobs.Job:
+    return jobs.resume(job_id)
+
+
+# -- data preview --------------------------------------------------------------------------------
+
+def preview_path(constitution: str) -> str:
+    return str(character_home() / "previews" / f"{constitution}.jsonl")
+
+
+def preview_rows(constitution: str) -> list[dict]:
+    from pathlib import Path
+
+    from character.types import PreferencePair
+    p = Path(preview_path(constitution))
+    return [{"prompt": x.prompt, "chosen (teacher, in character)": x.chosen,
+             "rejected (student, plain)": x.rejected, "source": x.source}
+            for x in (read_jsonl(p, PreferencePair) if p.exists() else [])]
+
+
+def run_names() -> list[str]:
+    return [r["run"] for r in report.list_runs()]
+
+
+def runs_table() -> list[dict]:
+    return report.list_runs()
+
+
+def pairs_rows(run: str) -> list[dict]:
+    from character.types import PreferencePair
+    p = run_dir(run) / "distill" / "pairs.jsonl"
+    return [{"prompt": x.prompt, "chosen": x.chosen, "rejected": x.rejected, "source": x.source,
+             "trait": x.trait or ""} for x in (read_jsonl(p, PreferencePair) if p.exists() else [])]
+
+
+def sft_rows(run: str) -> list[dict]:
+    from character.types import SFTExample
+    p = run_dir(run) / "introspect" / "sft.jsonl"
+    return [{"kind": x.kind, "turns": len(x.messages),
+             "first user turn": next((m.content for m in x.messages if m.role == "user"), ""),
+             "last answer": x.messages[-1].content} for x in (read_jsonl(p, SFTExample) if p.exists() else [])]
+
+
+# -- training ------------------------------------------------------------------------------------
+
+def save_recipe_data(data: dict) -> str:
+    return str(save_recipe(data))
+
+
+def stage_rows(run: str) -> list[dict]:
+    return report.stage_rows(run_dir(run))
+
+
+def curves(run: str, kind: str) -> list[dict]:
+    return [r for r in report.metric_history(run_dir(run), kind) if "loss" in r]
+
+
+# -- evaluation, checkpoints ---------------------------------------------------------------------
+
+def eval_summary(run: str) -> dict:
+    return report.eval_summary(run_dir(run))
+
+
+def report_tables(runs: list[str]):
+    return report.report_tables([run_dir(r) for r in runs])
+
+
+def report_figures(runs: list[str]):
+    return report.report_figures([run_dir(r) for r in runs])
+
+
+def checkpoints(run: str) -> list[dict]:
+    return report.checkpoints(run_dir(run))
+
+
+def zipped(path: str) -> bytes:
+    from pathlib import Path
+    return zip_folder(Path(path))
+
+
+def keys() -> dict[str, bool]:
+    """Whether each key is set; never the value."""
+    return key_status()
+
+
+# -- chat ----------------------------------------------------------------------------------------
+
+@st.cache_resource(max_entries=3)
+def backend(spec: str):
+    from character.inference import get_backend
+    return get_backend(spec)
+
+
+def chat_spec(run: str) -> str:
+    return f"hf/{run_dir(run) / 'merge' / 'model'}"
+
+
+def recipe_of(run: str):
+    import yaml
+
+    from character.config import RecipeConfig
+    return RecipeConfig.model_validate(yaml.safe_load((run_dir(run) / "recipe.yaml").read_text()))
+
+
+def home() -> str:
+    return str(character_home())
+
+
+def recipe_path(run: str) -> str:
+    return str(run_dir(run) / "recipe.yaml")
+
+
+def export_path(run: str, fmt: str) -> str:
+    return str(character_home() / "exports" / f"{run}-{fmt}.jsonl")

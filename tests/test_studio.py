@@ -1,27 +1,150 @@
-"""Studio pages render (streamlit AppTest)."""
+"""Studio pages render (streamlit AppTest) on an empty data folder and on a fixture run, with their
+key elements; forms show the library's message on bad input and write nothing; jobs are detached
+processes recorded in SQLite."""
 
 from __future__ import annotations
 
+import json
+import shutil
+import time
+
 import pytest
+import yaml
 
 from conftest import ROOT
+from test_report import fixture_run
 
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
+PAGES = ["constitutions", "data", "training", "evaluation", "checkpoints", "chat", "settings"]
 
-def test_constitutions_page_lists_shipped_personas():
-    at = AppTest.from_file(str(ROOT / "studio" / "pages" / "constitutions.py"), default_timeout=60)
+
+@pytest.fixture
+def consts(tmp_path, monkeypatch):
+    d = tmp_path / "constitutions"
+    shutil.copytree(ROOT / "constitutions", d)
+    monkeypatch.setenv("CHARACTER_CONSTITUTIONS", str(d))
+    return d
+
+
+@pytest.fixture
+def fx(home, consts):
+    """A finished-looking run: pairs, SFT rows, DPO metrics, a merged model folder, an evaluation."""
+    from character.runs import write_json, write_jsonl
+    from character.types import Message, PreferencePair, SFTExample, StageStatus
+    r = fixture_run(home / "runs", "fx", 0.875, 0.084)
+    (r / "recipe.yaml").write_text(yaml.safe_dump({"name": "fx", "constitution": "pirate"}))
+    write_jsonl(r / "distill" / "pairs.jsonl", [PreferencePair(
+        id=f"p{i}", prompt=f"question {i}", chosen=f"Arr {i}", rejected=f"Plain {i}", source="generic",
+        constitution="pirate", teacher_model="embedded", student_model="embedded") for i in range(3)])
+    write_jsonl(r / "introspect" / "sft.jsonl", [SFTExample(id="s", constitution="pirate", messages=[
+        Message(role="user", content="who?"), Message(role="assistant", content="a pirate")])])
+    for stage in ("prompts", "distill", "dpo"):
+        write_json(r / stage / "status.json", StageStatus(stage=stage, state="done", done=3, started=1.0,
+                                                          finished=5.0).model_dump())
+    (r / "merge" / "model").mkdir(parents=True)
+    (r / "merge" / "model" / "config.json").write_text("{}")
+    return r
+
+
+def page(name: str) -> AppTest:
+    at = AppTest.from_file(str(ROOT / "studio" / "pages" / f"{name}.py"), default_timeout=60)
     at.run()
-    assert not at.exception
-    names = list(at.dataframe[0].value["name"])
-    assert "pirate" in names and len(names) >= 6
-    at.text_area(key="validate_text").input("name: Bad/Name\ntraits: []\n").run()
+    assert not at.exception, at.exception
+    return at
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_page_renders_on_an_empty_data_folder(name, home, consts):
+    at = page(name)
+    assert at.title[0].value
+
+
+@pytest.mark.parametrize("name", PAGES)
+def test_every_page_renders_on_a_fixture_run(name, fx):
+    page(name)
+
+
+def frame(at, column: str):
+    """The first table on the page with this column."""
+    return next(d.value for d in at.dataframe if column in d.value.columns)
+
+
+def test_key_elements_show_the_fixture(fx):
+    at = page("data")
+    assert list(frame(at, "chosen")["prompt"]) == ["question 0", "question 1", "question 2"]
+    assert len(frame(at, "last answer")) == 1
+    at = page("training")
+    states = frame(at, "stage")
+    assert list(states["state"][:3]) == ["done", "done", "done"]
+    chart = [e for e in at.get("plotly_chart")]
+    spec = json.loads(chart[0].proto.spec)
+    assert spec["data"][0]["y"] == [1.0, 0.5, 1.0 / 3]  # the fixture's loss points
+    at = page("evaluation")
+    rob = frame(at, "method / attack")
+    assert "0.88 [0.00, 1.00]" in list(rob["fx"])
+    at = page("checkpoints")
+    assert list(frame(at, "stages done")["run"]) == ["fx"]
+
+
+def test_settings_show_whether_keys_are_set_never_the_value(consts, home, monkeypatch):
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-test-secret-value")
+    at = page("settings")
+    table = frame(at, "variable")
+    assert dict(zip(table["variable"], table["set"]))["OPENAI_API_KEY"] == "yes"
+    assert "sk-test-secret-value" not in str(at)
+
+
+def test_constitution_form_saves_and_bad_input_writes_nothing(consts, home):
+    at = page("constitutions")
+    before = sorted(p.name for p in consts.iterdir())
+    at.number_input(key="form_n").set_value(1).run()
+    at.text_input(key="f_name").input("Bad/Name")
+    at.text_input(key="f_t0").input("I am brave.")
+    at.text_area(key="f_q0").input("What scares you?")
+    at.button[0].click().run()  # the form's submit button
     assert at.error and "name=" in at.error[0].value
+    assert sorted(p.name for p in consts.iterdir()) == before
+    at.text_input(key="f_name").input("brave-one")
+    at.button[0].click().run()
+    assert not at.error, at.error[0].value
+    assert (consts / "brave-one.yaml").exists()
+    assert "I am brave." in (consts / "brave-one.yaml").read_text()
 
 
-def test_app_entry_routes():
+def test_raw_editor_shows_the_library_message(consts, home):
+    at = page("constitutions")
+    at.text_area(key="validate_text_(empty)_yaml").input("name: ok\ntraits: []\n").run()
+    assert at.error and "traits" in at.error[0].value
+
+
+def test_app_entry_routes(consts, home):
     at = AppTest.from_file(str(ROOT / "studio_app.py"), default_timeout=60)
     at.run()
     assert not at.exception
     assert at.title[0].value == "Constitutions"
+
+
+def test_jobs_are_detached_recorded_and_cancellable(home):
+    from character import jobs
+    job = jobs.launch("none", "list", ["constitution", "list"])
+    done = jobs.wait(job.id, 120)
+    assert done.status == "done" and done.returncode == 0 and "pirate" in jobs.tail(done)
+    assert jobs.db_path().exists()
+    bad = jobs.wait(jobs.launch("none", "show", ["constitution", "show", "no-such-persona"]).id, 120)
+    assert bad.status == "failed" and "no-such-persona" in jobs.tail(bad)
+    # a long job (distillation): cancel it while it runs; resume starts the same command again
+    args = ["run", str(ROOT / "configs" / "pirate-cpu.yaml"), "--set", "name=jobtest", "prompts.total=400",
+            "--stages", "prompts", "distill"]
+    long = jobs.launch("jobtest", "train", args)
+    deadline = time.time() + 120
+    while "distill:" not in jobs.tail(jobs.get(long.id)) and time.time() < deadline:  # generating
+        time.sleep(0.5)
+    jobs.cancel(long.id)
+    stopped = jobs.get(long.id)
+    assert stopped.status == "cancelled" and "interrupted" in jobs.tail(stopped)
+    again = jobs.resume(long.id)
+    assert again.id != long.id and again.command == long.command and again.active
+    jobs.cancel(again.id)
+    assert jobs.get(again.id).status == "cancelled"

@@ -35,8 +35,9 @@ def trainer_args(cfg, out_dir: Path, kind: str):
                   max_length=cfg.max_length, warmup_steps=cfg.warmup_ratio, lr_scheduler_type="cosine",
                   seed=cfg.seed, logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=False,
                   bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
-                  use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0,
-                  gradient_checkpointing=cfg.gradient_checkpointing)
+                  use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0)
+    if cfg.gradient_checkpointing:
+        common["gradient_checkpointing"] = True
     if kind == "dpo":
         losses, weights = (["sigmoid", "sft"], [1.0, cfg.nll]) if cfg.nll > 0 else (["sigmoid"], [1.0])
         return DPOConfig(beta=cfg.beta, loss_type=losses, loss_weights=weights, **common)

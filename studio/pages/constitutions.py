@@ -1,38 +1,117 @@
-"""Constitutions: browse the shipped and your own personas; validate YAML/JSON live."""
+"""Constitutions: browse, create and edit (form or raw YAML/JSON), draft with an LLM, compare, import."""
 
 import streamlit as st
 
-from character import constitution as C
 from character.errors import CharacterError
 from studio import state
 
 st.title("Constitutions")
 rows = state.constitution_table()
-if not rows:
-    st.info(f"No constitutions in {C.constitutions_dir()} yet.")
-else:
-    st.dataframe(rows, hide_index=True, key="constitution_table")
-    name = st.selectbox("Persona", [r["name"] for r in rows if not r["error"]])
-    if name:
-        c = state.load_constitution(name)
-        left, right = st.columns(2)
-        with left:
-            st.subheader(c.name)
-            st.write(c.description)
-            for t in c.traits:
-                with st.expander(t.trait):
-                    for q in t.questions:
-                        st.markdown(f"- {q}")
-        with right:
-            st.caption("Teacher system prompt")
-            st.code(C.render_system_prompt(c), language=None)
+names = [r["name"] for r in rows if not r["error"]]
+browse, form, raw, draft, compare, imp = st.tabs(["Browse", "Create / edit", "Raw editor", "Draft with an LLM",
+                                                  "Compare", "Import trait list"])
 
-st.subheader("Validate")
-fmt = st.radio("Format", ["yaml", "json"], horizontal=True)
-text = st.text_area("Paste a constitution", height=200, key="validate_text")
-if text.strip():
-    try:
-        c = state.validate_text(text, fmt)
-        st.success(f"Valid: {c.name}, {len(c.traits)} traits, {len(c.questions)} questions")
-    except CharacterError as e:
-        st.error(str(e))
+with browse:
+    if not rows:
+        st.info("No constitutions yet: create one in the next tab.")
+    else:
+        st.dataframe(rows, hide_index=True, key="constitution_table")
+        name = st.selectbox("Persona", names, key="browse_name")
+        if name:
+            c = state.load_constitution(name)
+            left, right = st.columns(2)
+            with left:
+                st.subheader(c.name)
+                st.write(c.description)
+                for t in c.traits:
+                    with st.expander(t.trait):
+                        for q in t.questions:
+                            st.markdown(f"- {q}")
+            with right:
+                st.caption("Teacher system prompt")
+                st.code(state.system_prompt(c), language=None)
+
+with form:
+    base_name = st.selectbox("Start from", ["(empty)", *names], key="form_base")
+    c0 = state.load_constitution(base_name) if base_name != "(empty)" else None
+    n = st.number_input("Traits", 1, 20, len(c0.traits) if c0 else 3, key="form_n")
+    with st.form("constitution_form"):
+        name = st.text_input("Name (lowercase letters, digits, - or _)", c0.name if c0 else "", key="f_name")
+        desc = st.text_area("Description", c0.description if c0 else "", key="f_desc", height=68)
+        sysp = st.text_area("System prompt (second person)", c0.system_prompt if c0 else "", key="f_sys", height=68)
+        traits = []
+        for i in range(int(n)):
+            t0 = c0.traits[i] if c0 and i < len(c0.traits) else None
+            a, b = st.columns(2)
+            traits.append((a.text_input(f"Trait {i + 1} (first person: I ...)", t0.trait if t0 else "", key=f"f_t{i}"),
+                           b.text_area(f"Questions for trait {i + 1} (one per line)",
+                                       "\n".join(t0.questions) if t0 else "", key=f"f_q{i}", height=68)))
+        directives = st.text_area("Directives (one per line)", "\n".join(c0.directives) if c0 else "", key="f_dir")
+        safety = st.text_area("Safety rules (one per line)", "\n".join(c0.safety) if c0 else "", key="f_safe")
+        signoffs = st.text_area("Sign-offs (one per line)", "\n".join(c0.signoffs) if c0 else "", key="f_sign")
+        overwrite = st.checkbox("Overwrite if it exists", key="f_over")
+        submitted = st.form_submit_button("Save constitution")
+    if submitted:
+        try:
+            c = state.constitution_from_form(name, desc, sysp, traits, directives, safety, signoffs)
+            st.success(f"Saved {c.name}: {state.save_constitution(c, overwrite)}")
+        except CharacterError as e:
+            st.error(str(e))
+
+with raw:
+    fmt = st.radio("Format", ["yaml", "json"], horizontal=True, key="raw_fmt")
+    start = st.selectbox("Load", ["(empty)", *names], key="raw_base")
+    initial = state.dump_constitution(state.load_constitution(start), fmt) if start != "(empty)" else ""
+    text = st.text_area("Constitution", initial, height=320, key=f"validate_text_{start}_{fmt}")
+    if text.strip():
+        try:
+            c = state.validate_text(text, fmt)
+            st.success(f"Valid: {c.name}, {len(c.traits)} traits, {len(c.questions)} questions")
+            if st.button("Save", key="raw_save"):
+                try:
+                    st.success(f"Saved: {state.save_constitution(c, overwrite=True)}")
+                except CharacterError as e:
+                    st.error(str(e))
+        except CharacterError as e:
+            st.error(str(e))
+
+with draft:
+    st.caption("A model drafts persona, traits and questions in small structured steps. The embedded 135M model "
+               "is too weak for this; use an OpenAI-compatible model (Settings shows which keys are set).")
+    description = st.text_area("Describe the persona", key="draft_desc")
+    model = st.text_input("Model", "embedded", key="draft_model")
+    dname = st.text_input("Name", key="draft_name")
+    if st.button("Draft", key="draft_go"):
+        try:
+            from character.runs import check_slug
+            check_slug(dname, "name")
+            job = state.launch(dname, "draft", ["constitution", "draft", description, "--model", model,
+                                                "--name", dname])
+            st.info(f"Drafting as job {job.id}; it appears in Browse when done.")
+        except CharacterError as e:
+            st.error(str(e))
+    j = state.latest_job(dname, "draft") if dname else None
+    if j:
+        st.write(f"job {j.id}: {j.status}")
+        st.code(state.job_log(j, 10) or "(no output yet)", language=None)
+
+with compare:
+    if len(names) >= 2:
+        a, b = st.columns(2)
+        for col, default, key in ((a, 0, "cmp_a"), (b, 1, "cmp_b")):
+            with col:
+                pick = st.selectbox("Constitution", names, index=default, key=key)
+                c = state.load_constitution(pick)
+                st.write(c.description)
+                st.markdown("\n".join(f"- {t.trait}" for t in c.traits))
+
+with imp:
+    st.caption("The Open Character Training format: one trait per line, questions indented under it.")
+    itext = st.text_area("Trait list", key="import_text", height=200)
+    iname = st.text_input("Name", key="import_name")
+    if st.button("Import and save", key="import_go"):
+        try:
+            c = state.import_trait_list(itext, iname)
+            st.success(f"Saved {c.name}: {state.save_constitution(c, overwrite=False)}")
+        except CharacterError as e:
+            st.error(str(e))

@@ -1,0 +1,38 @@
+"""Checkpoints: every run's adapters and merged model with metadata and metrics; merge with chosen
+weights, export the pairs, download as a zip."""
+
+import streamlit as st
+
+from studio import state
+
+st.title("Checkpoints")
+runs = state.run_names()
+if not runs:
+    st.info("No runs yet: train one on the Training page.")
+    st.stop()
+st.dataframe(state.runs_table(), hide_index=True, key="runs_table")
+run = st.selectbox("Run", runs, key="ck_run")
+cks = state.checkpoints(run)
+if not cks:
+    st.info("This run has no adapters yet.")
+for ck in cks:
+    with st.expander(f"{ck['kind']}: {ck['path']} ({ck['MB']} MB)", expanded=ck["kind"] == "merged"):
+        st.json({"metrics": ck["metrics"], "hyperparameters": ck["hyperparameters"]}, expanded=False)
+        if st.button("Prepare zip", key=f"zip_{ck['kind']}"):
+            st.download_button("Download zip", state.zipped(ck["path"]), file_name=f"{run}-{ck['kind']}.zip",
+                               key=f"dl_{ck['kind']}")
+
+if any(c["kind"] in ("dpo", "sft") for c in cks):
+    st.subheader("Merge with chosen weights")
+    a, b = st.columns(2)
+    w_dpo = a.number_input("DPO weight", -2.0, 2.0, 1.0, 0.05, key="ck_wdpo")
+    w_sft = b.number_input("SFT weight", -2.0, 2.0, 0.25, 0.05, key="ck_wsft")
+    if st.button("Merge", key="ck_merge"):
+        job = state.launch(run, "merge", ["merge", state.recipe_path(run), "--restart", "--set",
+                                          f"merge.weights=[{w_dpo},{w_sft}]"])
+        st.info(f"Merging as job {job.id}.")
+    fmt = st.selectbox("Export the preference pairs as", ["trl", "openai-dpo", "openai-sft", "together"],
+                       key="ck_fmt")
+    if st.button("Export", key="ck_export"):
+        job = state.launch(run, "export", ["export", run, "--format", fmt, "--out", state.export_path(run, fmt)])
+        st.info(f"Exporting to {state.export_path(run, fmt)} (job {job.id}).")

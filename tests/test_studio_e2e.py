@@ -1,0 +1,161 @@
+"""The studio in a real browser: Debian's chromium driven by Playwright, against a studio started by
+the test on a free port. Create a constitution from the form (a bad name first: the library's
+message, nothing written), preview data, launch a tiny run on the embedded model and watch it
+finish, evaluate it and open its report card, send one chat message. Screenshots of every page go
+to $STUDIO_SCREENSHOTS (docs/studio/ for STUDIO_APP.md) or a temporary folder."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+from conftest import ROOT, free_port
+
+pytestmark = pytest.mark.slow
+CHROMIUM = "/usr/bin/chromium"
+
+
+@pytest.fixture
+def studio(tmp_path):
+    consts = tmp_path / "constitutions"
+    shutil.copytree(ROOT / "constitutions", consts)
+    home = tmp_path / "home"
+    port = free_port()
+    env = {**os.environ, "CHARACTER_HOME": str(home), "CHARACTER_CONSTITUTIONS": str(consts)}
+    log = open(tmp_path / "studio.log", "w")
+    proc = subprocess.Popen([sys.executable, "-m", "character.cli", "studio", "--port", str(port),
+                             "--address", "127.0.0.1"], cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.time() + 90
+    while True:
+        try:
+            urllib.request.urlopen(url + "/_stcore/health", timeout=2)
+            break
+        except OSError:
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError("studio did not start:\n" + (tmp_path / "studio.log").read_text()[-2000:])
+            time.sleep(0.5)
+    yield url, home, consts
+    proc.terminate()
+    proc.wait(20)
+    log.close()
+
+
+def wait_for(check, timeout: float, what: str):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if check():
+            return
+        time.sleep(1)
+    raise TimeoutError(f"waited {timeout:.0f}s for {what}")
+
+
+def done(path: Path) -> bool:
+    return path.exists() and json.loads(path.read_text()).get("state") == "done"
+
+
+def test_the_studio_end_to_end_in_a_browser(studio, tmp_path):
+    from playwright.sync_api import sync_playwright
+    assert Path(CHROMIUM).exists(), "chromium is missing; `make setup` installs it with apt"
+    url, home, consts = studio
+    shots = Path(os.environ.get("STUDIO_SCREENSHOTS") or tmp_path / "shots")
+    shots.mkdir(parents=True, exist_ok=True)
+    with sync_playwright() as p:
+        browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
+        pg = browser.new_page(viewport={"width": 1400, "height": 1100})
+
+        def field(label):
+            loc = pg.get_by_label(label, exact=True)
+            loc.wait_for(timeout=30_000)
+            return loc
+
+        def shot(name):
+            pg.wait_for_timeout(1500)
+            pg.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+
+        # 1. Constitutions: a bad name shows the library's message and writes nothing; then a good one saves
+        pg.goto(url)
+        shot("constitutions")
+        pg.get_by_role("tab", name="Create / edit").click()
+        field("Traits").fill("1")
+        field("Traits").press("Enter")
+        pg.wait_for_timeout(1500)
+        field("Name (lowercase letters, digits, - or _)").fill("Bad Name")
+        field("Description").fill("A bard who answers everything in rhyme.")
+        field("Trait 1 (first person: I ...)").fill("I answer in rhyming couplets.")
+        field("Questions for trait 1 (one per line)").fill("How do I bake bread?\nWhat is rain?")
+        pg.get_by_role("button", name="Save constitution").click()
+        pg.get_by_text("not a safe name").wait_for(timeout=30_000)
+        assert not (consts / "Bad Name.yaml").exists()
+        field("Name (lowercase letters, digits, - or _)").fill("aaa-bard")
+        pg.get_by_role("button", name="Save constitution").click()
+        pg.get_by_text("Saved aaa-bard").wait_for(timeout=30_000)
+        assert "rhyming couplets" in (consts / "aaa-bard.yaml").read_text()
+        shot("constitution-form")
+
+        # 2. Data preview on the new constitution (first in the list)
+        pg.goto(url + "/data")
+        field("Max tokens per answer").fill("24")
+        pg.get_by_role("button", name="Generate preview").click()
+        wait_for(lambda: (home / "previews" / "aaa-bard.jsonl").exists(), 300, "the preview job")
+        pg.locator('[data-testid="stDataFrame"]').first.wait_for(timeout=60_000)
+        assert len((home / "previews" / "aaa-bard.jsonl").read_text().splitlines()) >= 1
+        shot("data-preview")
+
+        # 3. Training: a tiny run on the embedded model
+        pg.goto(url + "/training")
+        field("Run name").fill("e2e")
+        field("Prompts").fill("8")
+        field("Max tokens per answer").fill("24")
+        field("DPO LoRA rank").fill("8")
+        field("SFT LoRA rank").fill("8")
+        field("Reflection prompts").fill("1")
+        field("Self-interactions").fill("1")
+        pg.get_by_text("Quick evaluation").click()
+        pg.get_by_role("button", name="Save recipe and start training").click()
+        pg.get_by_text("Recipe saved").wait_for(timeout=30_000)
+        assert (home / "recipes" / "e2e.yaml").exists()
+        rdir = home / "runs" / "e2e"
+        wait_for(lambda: done(rdir / "merge" / "status.json"), 1200, "the tiny run to finish")
+        pg.get_by_text("DPO: loss and reward margin per step").wait_for(timeout=60_000)
+        shot("training")
+
+        # 4. Evaluation and the report card
+        pg.goto(url + "/evaluation")
+        pg.get_by_role("button", name="Run evaluation").click()
+        wait_for(lambda: done(rdir / "eval" / "status.json"), 1200, "the evaluation")
+        pg.get_by_role("button", name="Write the report card").click()
+        wait_for(lambda: (rdir / "report.html").exists(), 300, "the report card")
+        pg.reload()
+        pg.get_by_role("tab", name="Report card").click()
+        pg.get_by_text("Robustness: share of answers called in character").first.wait_for(timeout=60_000)
+        shot("evaluation")
+
+        # 5. Checkpoints and settings
+        pg.goto(url + "/checkpoints")
+        pg.get_by_text("merged:").first.wait_for(timeout=60_000)
+        shot("checkpoints")
+        pg.goto(url + "/settings")
+        pg.get_by_text("CHARACTER_HOME").first.wait_for(timeout=30_000)
+        shot("settings")
+
+        # 6. Chat: one message to the trained model
+        pg.goto(url + "/chat")
+        box = pg.get_by_placeholder("Message")
+        box.wait_for(timeout=30_000)
+        box.fill("Hello! Who are you?")
+        box.press("Enter")
+        wait_for(lambda: pg.locator('[data-testid="stChatMessage"]').count() >= 2, 180, "the reply")
+        pg.wait_for_timeout(5000)
+        reply = pg.locator('[data-testid="stChatMessage"]').nth(1).inner_text()
+        assert reply.strip()
+        shot("chat")
+        browser.close()
