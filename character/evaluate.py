@@ -259,6 +259,10 @@ class Evaluation:
         from .ratings import win_rate
         from .runs import read_jsonl, write_atomic, write_jsonl
         from .scorers import aggregate_scores, evaluate_conversations, pairwise, trait_rubric
+        if not (self.stage / "robustness.jsonl").exists():
+            from .errors import CharacterError
+            raise CharacterError("sections=judges: the judges read the robustness answers; run the robustness "
+                                 "section first (or drop --sections)")
         judge = self.model("judge")
         plain = {(s.method, s.prompt): s.response for s in read_jsonl(self.stage / "robustness.jsonl", EvalSample)
                  if s.meta.get("attack") == "none"}

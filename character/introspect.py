@@ -122,6 +122,25 @@ def thinking_as_sft(ex: IntrospectionExample) -> SFTExample:
                                 Message(role="assistant", content=f"<think>\n{ex.reflection}\n</think>\n\n{ex.answer}")])
 
 
+def dpo_model(cfg, run_dir: Path) -> tuple[str, dict]:
+    """The DPO-trained student as a backend spec and options: a Tinker sampler checkpoint when DPO ran
+    on Tinker, else the student with the DPO adapter on top (vLLM serves it per request)."""
+    import json
+
+    from .inference import parse_spec
+    options = dict(cfg.models.options.get(cfg.models.student, {}))
+    record = run_dir / "dpo" / "tinker.json"
+    if record.exists():
+        return f"tinker/{json.loads(record.read_text())['sampler']}", options
+    adapter = run_dir / "dpo" / "adapter"
+    if adapter.exists():
+        if parse_spec(cfg.models.student)[0] == "vllm":
+            options["adapter"] = str(adapter)
+        else:
+            options["adapters"] = [str(adapter)]
+    return cfg.models.student, options
+
+
 def run(cfg, run_dir: Path) -> dict:
     from . import constitution as C
     from .config import config_hash
@@ -132,11 +151,8 @@ def run(cfg, run_dir: Path) -> dict:
     ic = cfg.introspect
     status = start_status(stage, "introspect", None, config_hash(ic))
     c = C.load(cfg.constitution)
-    adapter = run_dir / "dpo" / "adapter"
-    options = dict(cfg.models.options.get(cfg.models.student, {}))
-    if adapter.exists():
-        options["adapters"] = [str(adapter)]
-    model = get_backend(cfg.models.student, **options)
+    spec, options = dpo_model(cfg, run_dir)
+    model = get_backend(spec, **options)
     sft_path = stage / "sft.jsonl"
     done = {r.id for r in read_jsonl(sft_path, SFTExample)}
     sampling = ic.sampling.model_copy(update={"seed": cfg.seed})

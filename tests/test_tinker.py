@@ -321,3 +321,17 @@ def test_tinker_recipe_without_a_key_stops_at_once(home):
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 1 and "TINKER_API_KEY" in lines[0]
     assert not (home / "runs" / "pirate-tinker").exists()
+
+
+def test_introspection_samples_the_dpo_model_where_it_was_trained(tmp_path):
+    from character.config import RecipeConfig
+    from character.introspect import dpo_model
+    cfg = RecipeConfig.model_validate({"name": "x", "constitution": "pirate",
+                                       "models": {"student": "tinker/Qwen/Qwen3-8B"}})
+    (tmp_path / "dpo" / "adapter").mkdir(parents=True)
+    assert dpo_model(cfg, tmp_path) == ("tinker/Qwen/Qwen3-8B", {"adapters": [str(tmp_path / "dpo" / "adapter")]})
+    (tmp_path / "dpo" / "tinker.json").write_text(json.dumps({"sampler": "tinker://run-1/sampler_weights/final"}))
+    assert dpo_model(cfg, tmp_path)[0] == "tinker/tinker://run-1/sampler_weights/final"
+    vcfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"student": "vllm/some/model"})})
+    (tmp_path / "dpo" / "tinker.json").unlink()
+    assert dpo_model(vcfg, tmp_path)[1] == {"adapter": str(tmp_path / "dpo" / "adapter")}
