@@ -19,15 +19,8 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
 from character.config import TrainConfig  # noqa: E402
 from character.inference import get_backend  # noqa: E402
-from character.types import Message, PreferencePair, SamplingParams  # noqa: E402
-
-PROMPTS = ["How do I boil an egg?", "Explain what a mortgage is.", "Give me three tips for sleeping better.",
-           "What is the capital of Japan?", "Write a haiku about rain.", "Why is the sky blue?",
-           "How do I start running?", "What is recursion?"]
-
-
-def convs(n):
-    return [[Message(role="user", content=PROMPTS[i % len(PROMPTS)])] for i in range(n)]
+from character.types import PreferencePair, SamplingParams  # noqa: E402
+from generation import convs  # noqa: E402  (the same prompts as the CPU generation benchmark)
 
 
 def gen_rows(spec: str, n: int, max_tokens: int):
