@@ -336,9 +336,9 @@ def run(run_name: str, seed: int = 0, fresh: bool = False, sections: list[str] |
     todo = sections or list(SECTIONS)
     for name in tqdm(todo, desc="evaluation", unit="section"):
         path = ev.stage / f"{name}.json"
-        if path.exists() and read_json(path).get("config_hash") == h:
-            summary[name] = read_json(path)["result"]
-            summary["seconds"][name] = read_json(path).get("seconds")
+        saved = read_json(path) if path.exists() else {}
+        if saved.get("config_hash") == h:
+            summary[name], summary["seconds"][name] = saved["result"], saved.get("seconds")
             continue
         t0 = time.time()
         result = getattr(ev, f"section_{name}")()

@@ -191,8 +191,9 @@ def wait(job_id: int, timeout: float = 600) -> Job:
     deadline = time.time() + timeout
     while time.time() < deadline:
         job = get(job_id)
-        if job and not _refresh(job).active:
-            return _refresh(job)
+        job = _refresh(job) if job else None
+        if job and not job.active:
+            return job
         time.sleep(0.5)
     raise TimeoutError(f"job {job_id} still running after {timeout:.0f}s")
 

@@ -163,9 +163,9 @@ def report_tables(runs: list[Path]) -> list[tuple[str, list[str], list[list[str]
     out = []
     rows = [["judge"] + [s.get("judge", "n/a") for s in sums], ["base model"] + [s.get("base", "n/a") for s in sums]]
     for kind in ("dpo", "sft"):
+        metrics = [checkpoint_metrics(r, kind) for r in runs]
         rows.append([f"{kind.upper()} loss first -> last"] + [
-            f"{_fmt(checkpoint_metrics(r, kind).get('loss_first'), '.3f')} -> "
-            f"{_fmt(checkpoint_metrics(r, kind).get('loss_last'), '.3f')}" for r in runs])
+            f"{_fmt(m.get('loss_first'), '.3f')} -> {_fmt(m.get('loss_last'), '.3f')}" for m in metrics])
     rows.append(["DPO held-out reward accuracy"] + [_fmt(checkpoint_metrics(r, "dpo").get("reward_accuracy"))
                                                      for r in runs])
     out.append(("Runs", ["", *names], rows))
