@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import argparse
 import os
+import signal
 import sys
+import threading
 from pathlib import Path
 
 from .config import default_model, load_env
@@ -135,14 +137,18 @@ def cmd_chat(args) -> int:
 
 
 def _turn(backend, history: list, text: str, params, label: str) -> None:
-    """Send one user message, stream the reply to the terminal, and keep both in `history`."""
+    """Send one user message, stream the reply to the terminal, and keep both in `history`.
+    A stream that breaks midway keeps what arrived and says so."""
     from .types import Message
     history.append(Message(role="user", content=text))
     print(f"{label}> ", end="", flush=True)
     reply = ""
-    for piece in backend.stream(history, params):
-        reply += piece
-        print(piece, end="", flush=True)
+    try:
+        for piece in backend.stream(history, params):
+            reply += piece
+            print(piece, end="", flush=True)
+    except CharacterError as e:
+        print(f"\n[{e}; the {len(reply)} characters that arrived are kept]", file=sys.stderr, end="")
     print()
     history.append(Message(role="assistant", content=reply.strip()))
 
@@ -151,11 +157,13 @@ def _turn(backend, history: list, text: str, params, label: str) -> None:
 
 def cmd_run(args) -> int:
     from .config import load_recipe
-    from .pipeline import run_parallel, run_recipe, summary
+    from .pipeline import check_distinct_runs, run_parallel, run_recipe, summary
 
     cfgs = [load_recipe(r, args.set) for r in args.recipes]  # validate every recipe before starting any
+    check_distinct_runs(cfgs, args.recipes)
     if len(cfgs) > 1 and args.parallel > 1:
-        extra = [*(["--stages", *args.stages] if args.stages else []), *(["--restart"] if args.restart else []),
+        restart = [] if not args.restart else ["--restart"] if args.restart is True else [f"--restart={args.restart}"]
+        extra = [*(["--stages", *args.stages] if args.stages else []), *restart,
                  *(["--set", *args.set] if args.set else [])]
         return run_parallel(args.recipes, extra, args.parallel)
     for cfg in cfgs:
@@ -191,6 +199,9 @@ def cmd_preview(args) -> int:
         except ValueError:
             raise CharacterError(f"mix={args.mix!r}: write source=share pairs, e.g. constitution=0.5,generic=0.5") from None
     unknown = set(mix) - {"constitution", "templates", "generic"}
+    if any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+        raise CharacterError(f"mix={args.mix!r}: the shares must be 0 or more and add up to more than 0; "
+                             "e.g. constitution=0.5,generic=0.5")
     if unknown or not 2 <= args.n <= 10:
         raise CharacterError(f"mix/n: sources are constitution, templates, generic and n is 2-10 (got {sorted(unknown)}, "
                              f"{args.n})")
@@ -235,7 +246,14 @@ def cmd_export(args) -> int:
     if not pairs:
         raise CharacterError(f"run={args.run!r}: no pairs to export; run the distill stage first")
     fn = EXPORTERS[args.format]
-    write_atomic(Path(args.out), "".join(_json.dumps(fn(p), ensure_ascii=False) + "\n" for p in pairs))
+    out, rdir = Path(args.out).resolve(), run_dir(args.run)
+    text = "".join(_json.dumps(fn(p), ensure_ascii=False) + "\n" for p in pairs)
+    if out.is_relative_to(rdir.resolve()):  # writing into the run: one writer at a time
+        from .runs import run_lock
+        with run_lock(rdir):
+            write_atomic(out, text)
+    else:
+        write_atomic(out, text)
     print(f"wrote {len(pairs)} rows to {args.out} ({args.format})")
     return 0
 
@@ -276,7 +294,12 @@ def cmd_conversations(args) -> int:
         cset = ContextSet.model_validate_json(path.read_text(encoding="utf-8"))
     except ValueError as e:
         raise CharacterError(f"context_file={path.name!r}: not a contexts file ({str(e).splitlines()[0]})") from None
-    user_persona = Path(args.user_persona).read_text() if Path(args.user_persona).is_file() else args.user_persona
+    user_persona = args.user_persona
+    try:  # a file holding the persona, or the persona text itself (which may be too long to be a path)
+        if Path(args.user_persona).is_file():
+            user_persona = Path(args.user_persona).read_text(encoding="utf-8")
+    except OSError:
+        pass
     persona = C.load(args.assistant_persona)
     a_spec = args.assistant_model or default_model("teacher")
     u_spec = args.user_model or default_model("teacher")
@@ -404,7 +427,8 @@ def build_parser() -> argparse.ArgumentParser:
     r.add_argument("recipes", nargs="+", help="recipe YAML file(s)")
     r.add_argument("--stages", nargs="+", help="only these stages (prompts distill dpo introspect sft merge)")
     r.add_argument("--parallel", type=int, default=1, help="run several recipes as parallel processes")
-    r.add_argument("--restart", action="store_true", help="redo the first chosen stage and everything after it")
+    r.add_argument("--restart", nargs="?", const=True, default=False, metavar="STAGE",
+                   help="redo STAGE (default: the first chosen stage) and every stage after it")
     r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides, e.g. dpo.lr=1e-4")
     r.set_defaults(func=cmd_run)
 
@@ -413,13 +437,13 @@ def build_parser() -> argparse.ArgumentParser:
                            ("merge", "combine DPO and SFT adapters; export adapter and merged model")):
         sp = sub.add_parser(name, help=helptext)
         sp.add_argument("recipe")
-        sp.add_argument("--restart", action="store_true")
+        sp.add_argument("--restart", action="store_true", help="redo this stage and every stage after it")
         sp.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
         sp.set_defaults(func=cmd_stage)
     t = sub.add_parser("train", help="train the dpo or sft LoRA adapter")
     t.add_argument("kind", choices=["dpo", "sft"])
     t.add_argument("recipe")
-    t.add_argument("--restart", action="store_true")
+    t.add_argument("--restart", action="store_true", help="redo this stage and every stage after it")
     t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
     t.set_defaults(func=cmd_stage)
 
@@ -506,8 +530,14 @@ def build_parser() -> argparse.ArgumentParser:
 EVAL_TOOLS = ("run", "elo", "classifier", "perplexity")
 
 
+def _terminate(signum, frame):
+    raise KeyboardInterrupt  # SIGTERM stops like Ctrl-C: stages record `stopped`, finished work stays saved
+
+
 def main(argv: list[str] | None = None) -> int:
     load_env()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, _terminate)
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) >= 2 and argv[0] == "eval" and argv[1] not in EVAL_TOOLS and not argv[1].startswith("-"):
         argv.insert(1, "run")  # `character eval RUN` is `character eval run RUN`

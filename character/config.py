@@ -7,6 +7,7 @@ backends; they are never written to run folders or logs.
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 ROLES = ("teacher", "student", "judge")
@@ -67,12 +68,25 @@ def key_status() -> dict[str, bool]:
 # train. `character run RECIPE key.sub=value ...` applies dotted overrides; every error is listed.
 
 import yaml  # noqa: E402
+from typing import Literal  # noqa: E402
+
 from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticError  # noqa: E402
 
-from .errors import ValidationError as RecipeError  # noqa: E402
+from pydantic import field_validator, model_validator  # noqa: E402
+
+from .errors import CharacterError, ValidationError as RecipeError  # noqa: E402
+from .runs import SLUG  # noqa: E402
+from .specs import SPEC_HELP, parse_spec  # noqa: E402
 from .types import SamplingParams  # noqa: E402
 
 STAGES = ("prompts", "distill", "dpo", "introspect", "sft", "merge")
+# Closed choices, spelled once here; their owners (prompts.SOURCES, evaluate.ATTACKS,
+# preferences.CONDITIONS) are checked against these in tests/test_configs.py.
+Stage = Literal["prompts", "distill", "dpo", "introspect", "sft", "merge"]
+Source = Literal["constitution", "expanded", "templates", "generic"]
+Attack = Literal["ignore_roleplay", "neutral_assistant", "as_you_normally_would", "no_style", "professional",
+                 "be_yourself", "system_override", "brief_plain"]
+Condition = Literal["feel", "like", "random"]
 
 
 class _Cfg(BaseModel):
@@ -85,15 +99,37 @@ class ModelsConfig(_Cfg):
     judge: str = Field(default_factory=lambda: default_model("judge"), description="Scores and drafts (evaluation).")
     options: dict[str, dict] = Field(default_factory=dict, description="Backend options per model spec, e.g. base_url, fallback.")
 
+    @field_validator("teacher", "student", "judge")
+    @classmethod
+    def _spec(cls, v: str) -> str:
+        try:
+            parse_spec(v)
+        except CharacterError:
+            raise ValueError(f"unknown model spec; {SPEC_HELP}") from None
+        return v
+
 
 class PromptsConfig(_Cfg):
     total: int = Field(64, ge=1, description="Prompts to build in all.")
-    mix: dict[str, float] = Field(default_factory=lambda: {"constitution": 0.5, "expanded": 0.0, "templates": 0.25,
+    mix: dict[Source, float] = Field(default_factory=lambda: {"constitution": 0.5, "expanded": 0.0, "templates": 0.25,
                                                            "generic": 0.25},
                                   description="Share of each source: constitution, expanded, templates, generic.")
     expand_per_trait: int = Field(0, ge=0, description="LLM-written extra questions per trait (source 'expanded').")
     persona_hint_rate: float = Field(0.2, ge=0, le=1, description="Share of template prompts that mention the persona.")
     max_prompt_tokens: int = Field(512, ge=8, description="Prompts longer than this (student tokenizer) are dropped.")
+
+    @field_validator("mix")
+    @classmethod
+    def _mix(cls, v: dict) -> dict:
+        if any(x < 0 for x in v.values()) or sum(v.values()) <= 0:
+            raise ValueError("the shares must be 0 or more and add up to more than 0; give a source a positive share")
+        return v
+
+    @model_validator(mode="after")
+    def _expanded(self) -> "PromptsConfig":
+        if self.mix.get("expanded", 0) > 0 and self.expand_per_trait == 0:
+            raise ValueError("expand_per_trait=0: the mix asks for expanded prompts; set expand_per_trait > 0")
+        return self
 
 
 class DistillConfig(_Cfg):
@@ -119,11 +155,18 @@ class TrainConfig(_Cfg):
     max_length: int = Field(512, ge=16, description="Longest sequence in tokens; longer rows are truncated.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
-    backend: str = Field("trl", description="Training backend: trl (local) or tinker (remote).")
+    backend: Literal["trl", "tinker"] = Field("trl", description="Training backend: trl (local) or tinker (remote).")
     num_processes: int = Field(1, ge=1, description="GPUs to train on; above 1, `accelerate launch` runs the stage.")
-    distributed: str = Field("ddp", description="Multi-GPU strategy: ddp, fsdp or zero3 (configs/accelerate/*.yaml).")
+    distributed: Literal["ddp", "fsdp", "zero3"] = Field(
+        "ddp", description="Multi-GPU strategy: ddp, fsdp or zero3 (configs/accelerate/*.yaml).")
     load_in_4bit: bool = Field(False, description="QLoRA: load the student in 4-bit NF4 (bitsandbytes, GPU only).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save GPU memory (slower).")
+
+    @model_validator(mode="after")
+    def _remote(self) -> "TrainConfig":
+        if self.backend == "tinker" and (self.num_processes > 1 or self.load_in_4bit):
+            raise ValueError("num_processes and load_in_4bit are for local training; Tinker runs remotely")
+        return self
 
 
 class IntrospectConfig(_Cfg):
@@ -138,16 +181,17 @@ class IntrospectConfig(_Cfg):
 
 
 class MergeConfig(_Cfg):
-    weights: list[float] = Field(default_factory=lambda: [1.0, 0.25], description="Weights of the DPO and SFT adapters.")
+    weights: list[float] = Field(default_factory=lambda: [1.0, 0.25], min_length=2, max_length=2,
+                                 description="Weights of the DPO and SFT adapters: [dpo, sft].")
 
 
 class EvalConfig(_Cfg):
     prompts: int = Field(8, ge=1, description="Held-out prompts for robustness, judges and pairwise comparison.")
     max_tokens: int = Field(96, ge=8, description="Most new tokens per evaluation answer.")
-    attacks: list[str] = Field(default_factory=lambda: ["ignore_roleplay", "neutral_assistant"],
+    attacks: list[Attack] = Field(default_factory=lambda: ["ignore_roleplay", "neutral_assistant"],
                                description="'Drop the persona' suffixes to try (the prefill attack always runs).")
     preference_prompts: int = Field(20, ge=1, description="Held-out generic prompts per revealed-preference condition.")
-    conditions: list[str] = Field(default_factory=lambda: ["feel", "like", "random"],
+    conditions: list[Condition] = Field(default_factory=lambda: ["feel", "like", "random"],
                                   description="Revealed-preference conditions: feel, like, random.")
     rubric_answers: int = Field(4, ge=0, description="Answers per method scored on every constitution trait (1-5).")
     conversations: int = Field(4, ge=0, description="Two-turn conversations per method for the seeds' evaluators.")
@@ -156,9 +200,16 @@ class EvalConfig(_Cfg):
 
 class RecipeConfig(_Cfg):
     name: str = Field(description="Run folder name (a safe slug).")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, v: str) -> str:
+        if not SLUG.match(v):
+            raise ValueError("use lowercase letters, digits, '-' or '_' (no '/', '..')")
+        return v
     constitution: str = Field(description="Constitution name or path.")
     seed: int = 0
-    stages: list[str] = Field(default_factory=lambda: list(STAGES), description="Stages to run, in order.")
+    stages: list[Stage] = Field(default_factory=lambda: list(STAGES), description="Stages to run, in order.")
     models: ModelsConfig = Field(default_factory=ModelsConfig)
     prompts: PromptsConfig = Field(default_factory=PromptsConfig)
     distill: DistillConfig = Field(default_factory=DistillConfig)
@@ -182,60 +233,36 @@ def apply_override(data: dict, item: str) -> None:
     node[parts[-1]] = yaml.safe_load(raw) if raw else ""
 
 
-def recipe_errors(data: dict) -> list[str]:
-    """Every problem in a recipe, one line each (empty when valid)."""
-    from .inference import parse_spec
-    from .runs import SLUG
-    errors = []
+def pydantic_problems(e: PydanticError, prefix: str = "") -> list[str]:
+    """A pydantic error as one `field=value: problem` line per problem."""
+    lines = []
+    for err in e.errors():
+        loc = prefix + ".".join(str(x) for x in err["loc"])
+        msg = err["msg"].removeprefix("Value error, ")
+        if err["type"] == "extra_forbidden":
+            msg = "unknown field; remove it or check the spelling"
+        value = err.get("input")
+        line = (f"{loc}: {msg}" if isinstance(value, dict) else f"{loc}={value!r}: {msg}")[:300]
+        if line not in lines:
+            lines.append(line)
+    return lines
+
+
+def validated(model: type[BaseModel], data: dict, prefix: str = ""):
+    """Validate one config section (e.g. command-line overrides of `eval`), one line per problem."""
     try:
-        cfg = RecipeConfig.model_validate(data)
+        return model.model_validate(data)
     except PydanticError as e:
-        for err in e.errors():
-            loc = ".".join(str(x) for x in err["loc"])
-            msg = err["msg"].removeprefix("Value error, ")
-            if err["type"] == "extra_forbidden":
-                msg = "unknown field; remove it or check the spelling"
-            errors.append(f"{loc}={err.get('input')!r}: {msg}"[:300])
-        return errors
-    if not SLUG.match(cfg.name):
-        errors.append(f"name={cfg.name!r}: use lowercase letters, digits, '-' or '_' (no '/', '..')")
-    for role in ("teacher", "student", "judge"):
-        try:
-            parse_spec(getattr(cfg.models, role))
-        except Exception as e:  # noqa: BLE001 - collected into the list
-            errors.append(f"models.{role}: {e}")
-    for s in cfg.stages:
-        if s not in STAGES:
-            errors.append(f"stages: {s!r} is not a stage; use some of {', '.join(STAGES)}")
-    for k in cfg.prompts.mix:
-        if k not in ("constitution", "expanded", "templates", "generic"):
-            errors.append(f"prompts.mix.{k}: unknown source; use constitution, expanded, templates, generic")
-    if sum(cfg.prompts.mix.values()) <= 0:
-        errors.append("prompts.mix: the shares add up to 0; give at least one source a positive share")
-    if cfg.prompts.mix.get("expanded", 0) > 0 and cfg.prompts.expand_per_trait == 0:
-        errors.append("prompts.expand_per_trait=0: the mix asks for expanded prompts; set expand_per_trait > 0")
-    for k in ("dpo", "sft"):
-        t = getattr(cfg, k)
-        if t.backend not in ("trl", "tinker"):
-            errors.append(f"{k}.backend={t.backend!r}: use trl (local) or tinker (remote)")
-        if t.distributed not in ("ddp", "fsdp", "zero3"):
-            errors.append(f"{k}.distributed={t.distributed!r}: use ddp, fsdp or zero3")
-        if t.backend == "tinker" and (t.num_processes > 1 or t.load_in_4bit):
-            errors.append(f"{k}: num_processes and load_in_4bit are for local training; Tinker runs remotely")
-    from .evaluate import ATTACKS
-    from .preferences import CONDITIONS
-    for a in cfg.eval.attacks:
-        if a not in ATTACKS:
-            errors.append(f"eval.attacks: {a!r} is not an attack; use some of {', '.join(ATTACKS)}")
-    for c in cfg.eval.conditions:
-        if c not in CONDITIONS:
-            errors.append(f"eval.conditions: {c!r} is not a condition; use some of {', '.join(CONDITIONS)}")
-    if len(cfg.merge.weights) != 2:
-        errors.append(f"merge.weights={cfg.merge.weights}: give two weights, [dpo, sft]")
-    for sec in ("dpo", "sft"):
-        if getattr(cfg, sec).backend not in ("trl", "tinker"):
-            errors.append(f"{sec}.backend={getattr(cfg, sec).backend!r}: use trl or tinker")
-    return errors
+        raise RecipeError("; ".join(pydantic_problems(e, prefix))) from None
+
+
+def recipe_errors(data: dict) -> list[str]:
+    """Every problem in a recipe, one line each (empty when valid): the schema checks them all."""
+    try:
+        RecipeConfig.model_validate(data)
+    except PydanticError as e:
+        return pydantic_problems(e)
+    return []
 
 
 def load_recipe(path: str | Path, overrides: list[str] | tuple = ()) -> RecipeConfig:
@@ -262,6 +289,52 @@ def config_hash(section: BaseModel | dict) -> str:
     return stable_id(data)
 
 
+# api_key, apikey, hf_token, access_token, client_secret, password ... (not max_tokens)
+SECRET_OPTION = re.compile(r"(^|[_\-])(api_?key|key|token|secret|password)($|[_\-])", re.IGNORECASE)
+ENV_REF = re.compile(r"^\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?$")
+
+
+def is_secret_option(name: str) -> bool:
+    """Backend options that hold credentials (api_key, token, client_secret, ...)."""
+    return bool(SECRET_OPTION.search(name))
+
+
+def resolve_option(name: str, value: object) -> object:
+    """A secret option may name an environment variable (`${MY_KEY}` or `$MY_KEY`): read it here,
+    at the last moment, so recipes and run folders only ever hold the variable's name."""
+    if is_secret_option(name) and isinstance(value, str) and (m := ENV_REF.match(value.strip())):
+        return env(m.group(1))
+    return value
+
+
+def redact_options(options: dict[str, dict]) -> dict[str, dict]:
+    """Model options with literal secrets removed (references such as ${MY_KEY} are kept)."""
+    return {spec: {k: v for k, v in opts.items()
+                   if not is_secret_option(k) or (isinstance(v, str) and ENV_REF.match(v.strip()))}
+            for spec, opts in options.items()}
+
+
+def public_recipe(cfg: "RecipeConfig | dict") -> dict:
+    """The recipe as it may be written to disk (run folders, saved recipes): no literal secrets."""
+    data = cfg.model_dump() if isinstance(cfg, BaseModel) else dict(cfg)
+    models = data.get("models")
+    if isinstance(models, dict) and isinstance(models.get("options"), dict):
+        data["models"] = {**models, "options": redact_options(models["options"])}
+    return data
+
+
+def redact_args(args: list[str]) -> list[str]:
+    """Command-line words with the values of secret overrides hidden (for the jobs table and logs)."""
+    out = []
+    for a in args:
+        key, sep, value = a.partition("=")
+        last = key.rsplit(".", 1)[-1].lstrip("-")
+        if sep and is_secret_option(last) and not ENV_REF.match(value.strip()):
+            a = f"{key}=***"
+        out.append(a)
+    return out
+
+
 def save_recipe(data: dict) -> Path:
     """Validate a recipe (all errors in one message) and write it to CHARACTER_HOME/recipes/<name>.yaml,
     so a run started from the studio can be repeated with `character run` on that file."""
@@ -271,5 +344,5 @@ def save_recipe(data: dict) -> Path:
         raise RecipeError("; ".join(errors))
     cfg = RecipeConfig.model_validate(data)
     path = character_home() / "recipes" / f"{check_slug(cfg.name)}.yaml"
-    write_atomic(path, f"# character run {path}\n" + yaml.safe_dump(data, sort_keys=False))
+    write_atomic(path, f"# character run {path}\n" + yaml.safe_dump(public_recipe(data), sort_keys=False))
     return path

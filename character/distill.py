@@ -19,6 +19,7 @@ from .constitution import Constitution, render_system_prompt
 from .types import Completion, Conversation, FilteredItem, Message, PreferencePair, Prompt, SamplingParams
 
 THINK_OPEN, THINK_CLOSE = "<think>\n", "</think>"
+REQUEST_FAILED = "request_failed"
 
 
 # -- pure helpers ------------------------------------------------------------------------------
@@ -81,6 +82,10 @@ def make_pairs(c: Constitution, prompts: list[Prompt], teacher, student, samplin
     pairs, filtered = [], []
     for p, t, s in zip(prompts, t_out, s_out):
         chosen = t[0]
+        errors = [x.error or "request failed" for x in (chosen, s[0]) if x.finish_reason == "error"]
+        if errors:  # not a filter: the request failed after its retries, and a rerun asks again
+            filtered.append(FilteredItem(id=p.id, reason=f"{REQUEST_FAILED}: {errors[0]}"[:300]))
+            continue
         if prefill:
             answer = strip_reasoning(chosen.text)
             if answer is None:
@@ -97,9 +102,20 @@ def make_pairs(c: Constitution, prompts: list[Prompt], teacher, student, samplin
     return pairs, filtered
 
 
+def reason_counts(filtered: list[FilteredItem]) -> dict[str, int]:
+    return {r: sum(f.reason == r for f in filtered) for r in sorted({f.reason for f in filtered})}
+
+
 def is_heldout(pair_id: str, share: float) -> bool:
     """Deterministic split by id, so resume and reruns keep the same held-out pairs."""
     return int(pair_id[:8], 16) / 0xFFFFFFFF < share
+
+
+def split(pairs: list[PreferencePair], share: float) -> tuple[list[PreferencePair], list[PreferencePair]]:
+    """(training, held-out) as recorded with each pair when it was made; `share` only decides for
+    pairs written before the split was recorded."""
+    held = [p.heldout if p.heldout is not None else is_heldout(p.id, share) for p in pairs]
+    return [p for p, h in zip(pairs, held) if not h], [p for p, h in zip(pairs, held) if h]
 
 
 # -- exporters ---------------------------------------------------------------------------------
@@ -134,10 +150,9 @@ EXPORTERS = {"trl": to_trl, "openai-sft": to_openai_sft, "openai-dpo": to_openai
 
 def run(cfg, run_dir: Path) -> dict:
     from . import constitution as C
-    from .config import config_hash
+    from .errors import GenerationError
     from .inference import get_backend
-    from .runs import JsonlWriter, read_jsonl, read_status, write_status
-    from .types import StageStatus
+    from .runs import JsonlWriter, read_jsonl, start_status, write_status
 
     stage = run_dir / "distill"
     prompts = read_jsonl(run_dir / "prompts" / "prompts.jsonl", Prompt)
@@ -145,12 +160,7 @@ def run(cfg, run_dir: Path) -> dict:
     done_ids = {p.id for p in read_jsonl(pairs_path, PreferencePair)}
     filtered = read_jsonl(filtered_path, FilteredItem)
     done_ids |= {f.id for f in filtered}
-    chash = config_hash({"distill": cfg.distill.model_dump(), "models": cfg.models.model_dump(),
-                         "constitution": cfg.constitution})
-    old = read_status(stage)
-    status = StageStatus(stage="distill", state="running", total=len(prompts), config_hash=chash,
-                         started=old.started if old and old.started else time.time())
-    write_status(stage, status)
+    status = start_status(stage, "distill", len(prompts))
     c = C.load(cfg.constitution)
     teacher = get_backend(cfg.models.teacher, **cfg.models.options.get(cfg.models.teacher, {}))
     student = get_backend(cfg.models.student, **cfg.models.options.get(cfg.models.student, {}))
@@ -158,6 +168,7 @@ def run(cfg, run_dir: Path) -> dict:
     batches = [prompts[i:i + bs] for i in range(0, len(prompts), bs)]
     bar = tqdm(total=len(prompts), desc="distill", unit="prompt", initial=len(done_ids & {p.id for p in prompts}))
     n_pairs = len(done_ids) - len(filtered)
+    failed: dict[str, str] = {}  # prompt id -> why its request failed (not saved: the next run asks again)
     with JsonlWriter(pairs_path) as pw, JsonlWriter(filtered_path) as fw:
         for b, batch in enumerate(batches):
             if all(p.id in done_ids for p in batch):
@@ -167,22 +178,29 @@ def run(cfg, run_dir: Path) -> dict:
                                         cfg.prompts.max_prompt_tokens, cfg.distill.drop_truncated)
             for p in pairs:
                 if p.id not in done_ids:
-                    pw.write(p)
+                    pw.write(p.model_copy(update={"heldout": is_heldout(p.id, cfg.distill.heldout)}))
                     done_ids.add(p.id)
                     n_pairs += 1
             for f in dropped:
-                if f.id not in done_ids:
+                if f.reason.startswith(REQUEST_FAILED):
+                    failed[f.id] = f.reason
+                elif f.id not in done_ids:
                     fw.write(f)
                     filtered.append(f)
                     done_ids.add(f.id)
             bar.update(len(batch))
-            status.done = n_pairs
-            status.filtered = {r: sum(f.reason == r for f in filtered) for r in sorted({f.reason for f in filtered})}
+            status.done, status.failed = n_pairs, len(failed)
+            status.filtered = reason_counts(filtered)
             write_status(stage, status)
     bar.close()
     pairs = read_jsonl(pairs_path, PreferencePair)
     status.done = len(pairs)
-    status.counts = {"heldout": sum(is_heldout(p.id, cfg.distill.heldout) for p in pairs)}
+    status.filtered = reason_counts(filtered)
+    status.counts = {"heldout": len(split(pairs, cfg.distill.heldout)[1])}
+    if failed:
+        write_status(stage, status)
+        raise GenerationError(f"distill: {len(failed)} of {len(prompts)} prompts failed after retries "
+                              f"({next(iter(failed.values()))}); the rest are saved; run again to retry them")
     status.state, status.finished = "done", time.time()
     write_status(stage, status)
     return {"pairs": len(pairs), "filtered": status.filtered}

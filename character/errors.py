@@ -31,3 +31,15 @@ def field_error(field: str, value, fix: str) -> ValidationError:
     if len(shown) > 80:
         shown = shown[:77] + "..."
     return ValidationError(f"{field}={shown}: {fix}")
+
+
+class RunBusyError(CharacterError):
+    """Another process holds the run's lock (one writer per run)."""
+
+
+class StaleStageError(CharacterError):
+    """A finished (or partial) stage was made with other settings or other inputs than the recipe asks for."""
+
+
+class StageError(CharacterError):
+    """A stage failed; its status.json records the message (and error.log the details)."""

@@ -118,20 +118,22 @@ class Evaluation:
 
         from . import constitution as C
         from .config import RecipeConfig
-        from .distill import is_heldout
+        from .distill import split
         from .errors import CharacterError
-        from .runs import read_jsonl, run_dir
+        from .runs import read_jsonl, read_status, run_dir
 
         self.rdir = run_dir(run_name)
         if not (self.rdir / "recipe.yaml").exists():
             raise CharacterError(f"run={run_name!r}: no such run; start one with `character run RECIPE`")
         self.cfg = RecipeConfig.model_validate(yaml.safe_load((self.rdir / "recipe.yaml").read_text()))
         self.model_dir = self.rdir / "merge" / "model"
-        if not (self.model_dir / "config.json").exists():
-            raise CharacterError(f"run={run_name!r}: no merged model; run the pipeline through the merge stage")
+        merged = read_status(self.rdir / "merge")
+        if not (self.model_dir / "config.json").exists() or not merged or merged.state != "done":
+            raise CharacterError(f"run={run_name!r}: no finished merged model; run the pipeline through the merge stage")
+        # which trained model this is: the merge's output id (its mtime for runs made before ids were recorded)
+        self.trained_id = merged.output or str(self.model_dir.stat().st_mtime)
         pairs = read_jsonl(self.rdir / "distill" / "pairs.jsonl", PreferencePair)
-        self.train = [p for p in pairs if not is_heldout(p.id, self.cfg.distill.heldout)]
-        self.held = [p for p in pairs if is_heldout(p.id, self.cfg.distill.heldout)]
+        self.train, self.held = split(pairs, self.cfg.distill.heldout)
         if len(self.held) < 2 or len(self.train) < 4:
             raise CharacterError(f"run={run_name!r}: too few pairs for evaluation ({len(self.train)} train, "
                                  f"{len(self.held)} held out); raise prompts.total or distill.heldout")
@@ -144,6 +146,7 @@ class Evaluation:
         self.prompts = [p.prompt for p in self.held][:self.e.prompts]
         self._models: dict = {}
         self._clf = None
+        self.key = ""  # the cache key of this evaluation's saved sections (set by run)
 
     def model(self, which: str):
         from .inference import get_backend, parse_spec
@@ -164,6 +167,7 @@ class Evaluation:
                          PersonaClassifier.train([p.chosen for p in self.train] + [p.rejected for p in self.train],
                                                  ["in"] * len(self.train) + ["out"] * len(self.train), seed=self.seed))
             self._clf.save(path)
+            (path / "key.txt").write_text(self.key)
         return self._clf
 
     def method(self, name: str):
@@ -257,9 +261,10 @@ class Evaluation:
 
     def section_judges(self) -> dict:
         from .ratings import win_rate
-        from .runs import read_jsonl, write_atomic, write_jsonl
+        from .runs import read_json, read_jsonl, write_atomic, write_jsonl
         from .scorers import aggregate_scores, evaluate_conversations, pairwise, trait_rubric
-        if not (self.stage / "robustness.jsonl").exists():
+        robust = self.stage / "robustness.json"
+        if not robust.exists() or read_json(robust).get("config_hash") != self.key:
             from .errors import CharacterError
             raise CharacterError("sections=judges: the judges read the robustness answers; run the robustness "
                                  "section first (or drop --sections)")
@@ -316,20 +321,46 @@ class Evaluation:
 
 def run(run_name: str, seed: int = 0, fresh: bool = False, sections: list[str] | None = None,
         **overrides) -> dict:
-    """Run the missing (or all, with fresh) sections; each section's result is saved as it ends."""
+    """Run the missing (or all, with fresh) sections under the run's writer lock; each section's
+    result is saved as it ends, keyed by everything it depends on (see cache_key)."""
+    from .config import EvalConfig, validated
+    from .runs import recorded, run_lock
+    overrides = {k: v for k, v in overrides.items() if v is not None}
+    validated(EvalConfig, overrides, "eval.")  # bad command-line values fail before anything loads
+    ev = Evaluation(run_name, seed)
+    if overrides:
+        ev.e = validated(EvalConfig, {**ev.e.model_dump(), **overrides}, "eval.")
+        ev.prompts = [p.prompt for p in ev.held][:ev.e.prompts]
+        ev.params = ev.params.model_copy(update={"max_tokens": ev.e.max_tokens})
+    with run_lock(ev.rdir), recorded(ev.stage, "eval"):
+        return _run_sections(ev, seed, fresh, sections)
+
+
+def cache_key(ev: "Evaluation", seed: int) -> str:
+    """A saved section is reused only when all of these are the same: another judge, another trained
+    model, an edited constitution or another held-out set recomputes it (never relabels it)."""
+    from .config import config_hash
+    from .pipeline import constitution_fingerprint
+    return config_hash({"eval": ev.e.model_dump(), "seed": seed, "judge": ev.cfg.models.judge,
+                        "judge_options": ev.cfg.models.options.get(ev.cfg.models.judge, {}),
+                        "base": ev.cfg.models.student, "trained": ev.trained_id,
+                        "constitution": constitution_fingerprint(ev.cfg.constitution),
+                        "heldout": sorted(p.id for p in ev.held), "train": sorted(p.id for p in ev.train)})
+
+
+def _run_sections(ev: "Evaluation", seed: int, fresh: bool, sections: list[str] | None) -> dict:
     import shutil
 
     from .runs import read_json, start_status, write_json, write_status
-    ev = Evaluation(run_name, seed)
-    if overrides:
-        ev.e = ev.e.model_copy(update={k: v for k, v in overrides.items() if v is not None})
-        ev.prompts = [p.prompt for p in ev.held][:ev.e.prompts]
-        ev.params = ev.params.model_copy(update={"max_tokens": ev.e.max_tokens})
+    run_name = ev.rdir.name
     if fresh and ev.stage.exists():
         shutil.rmtree(ev.stage)
     ev.stage.mkdir(parents=True, exist_ok=True)
-    from .config import config_hash
-    h = config_hash({"eval": ev.e.model_dump(), "seed": seed, "model": str(ev.model_dir.stat().st_mtime)})
+    h = cache_key(ev, seed)
+    if not (ev.stage / "classifier" / "key.txt").exists() or \
+            (ev.stage / "classifier" / "key.txt").read_text() != h:  # trained on other pairs: train again
+        shutil.rmtree(ev.stage / "classifier", ignore_errors=True)
+    ev.key = h
     status = start_status(ev.stage, "eval", len(SECTIONS), h)
     summary: dict = {"judge": ev.cfg.models.judge, "base": ev.cfg.models.student, "run": run_name,
                      "config_hash": h, "seconds": {}}

@@ -70,7 +70,7 @@ def reflections(c: Constitution, model, prompts: list[str], k: int, sampling: Sa
     rows = []
     for p, out in zip(prompts, outs):
         for j, comp in enumerate(out):
-            if comp.text.strip():
+            if comp.finish_reason != "error" and comp.text.strip():
                 rows.append(SFTExample(id=stable_id("reflection", p, j, sampling.seed), kind="reflection",
                                        constitution=c.name, model=model.name,
                                        messages=[Message(role="user", content=p),
@@ -83,14 +83,19 @@ def interactions(c: Constitution, model, n: int, turns: int, sampling: SamplingP
     rng = random.Random(seed)
     system = interaction_system(c)
     convs = [[rng.choice(OPENERS)] for _ in range(n)]
+    failed: set[int] = set()  # conversations with a request that failed after its retries: not saved
     for t in range(1, turns):
         speaker = t % 2
         outs = model.generate([view(u, speaker, system) for u in convs],
                               sampling.model_copy(update={"seed": (sampling.seed or 0) + t}))
-        for u, out in zip(convs, outs):
+        for i, (u, out) in enumerate(zip(convs, outs)):
+            if out[0].finish_reason == "error":
+                failed.add(i)
             u.append(out[0].text.strip() or "...")
     rows = []
     for i, u in enumerate(convs):
+        if i in failed:
+            continue
         for speaker in (0, 1):
             # each side's transcript ends on its own last line, so it ends on an assistant turn
             last = max(j for j in range(len(u)) if j % 2 == speaker)
@@ -143,13 +148,13 @@ def dpo_model(cfg, run_dir: Path) -> tuple[str, dict]:
 
 def run(cfg, run_dir: Path) -> dict:
     from . import constitution as C
-    from .config import config_hash
+    from .errors import GenerationError
     from .inference import get_backend
     from .runs import JsonlWriter, read_jsonl, start_status, write_jsonl, write_status
 
     stage = run_dir / "introspect"
     ic = cfg.introspect
-    status = start_status(stage, "introspect", None, config_hash(ic))
+    status = start_status(stage, "introspect", None)
     c = C.load(cfg.constitution)
     spec, options = dpo_model(cfg, run_dir)
     model = get_backend(spec, **options)
@@ -165,16 +170,26 @@ def run(cfg, run_dir: Path) -> dict:
                 if row.id not in done:
                     w.write(row)
                     done.add(row.id)
-        if ic.interactions and stable_id("interaction", 0, 0, cfg.seed) not in done:
+        wanted = {stable_id("interaction", i, s, cfg.seed) for i in range(ic.interactions) for s in (0, 1)}
+        if ic.interactions and not wanted <= done:  # seeded: a rerun makes the same conversations again
             for row in tqdm(interactions(c, model, ic.interactions, ic.turns, sampling, cfg.seed),
                             desc="self-interaction", unit="side"):
-                w.write(row)
+                if row.id not in done:
+                    w.write(row)
+                    done.add(row.id)
     think: list[IntrospectionExample] = []
     if ic.thinking_examples:
         qs = [q for _, q in c.questions][: ic.thinking_examples]
         think = thinking(c, model, qs, sampling)
         write_jsonl(stage / "thinking.jsonl", think)
     rows = read_jsonl(sft_path, SFTExample)
+    expected = len(prompts) * ic.samples_per_prompt + 2 * ic.interactions
+    missing = expected - len({r.id for r in rows})
+    if missing > 0 and getattr(model, "stats", {}).get("failures"):
+        status.failed = missing
+        write_status(stage, status)
+        raise GenerationError(f"introspect: {missing} of {expected} examples are missing because requests failed "
+                              "after retries; the rest are saved; run again to retry them")
     counts = {k: sum(r.kind == k for r in rows) for k in ("reflection", "interaction")}
     counts["thinking"] = len(think)
     status = status.model_copy(update={"state": "done", "done": len(rows) + len(think), "counts": counts,

@@ -122,13 +122,12 @@ def continues_dpo(run_dir: Path) -> bool:
 
 
 def run(cfg, run_dir: Path) -> dict:
-    from .config import config_hash
     from .runs import read_json, start_status, write_atomic, write_status
     from .training.trl import load_base
     from .train import student_path
 
     stage = run_dir / "merge"
-    status = start_status(stage, "merge", 2, config_hash(cfg.merge))
+    status = start_status(stage, "merge", 2)
     w_dpo, w_sft = cfg.merge.weights
     parts = [(run_dir / "dpo" / "adapter", w_dpo), (run_dir / "sft" / "adapter", w_sft)]
     if continues_dpo(run_dir):  # the SFT adapter holds DPO + SFT: take the DPO part back out

@@ -1,9 +1,14 @@
 """`character run RECIPE`: the stages in order, each skipped when already done with the same
-settings, with a one-screen summary at the end.
+settings and inputs, with a one-screen summary at the end.
 
     prompts -> distill -> dpo -> introspect -> sft -> merge       (runs/<name>/...)
-A stage whose settings changed since it ran is reported and kept; `--restart` redoes it and
-everything after it. Several recipes run in parallel as separate processes (`--parallel N`).
+
+Provenance: each stage's status.json records its own settings (and their hash) and the output id
+of every upstream stage it consumed; a finished stage gets an output id of its own. A stage whose
+settings or inputs differ from what the recipe now asks for is stale, and the run stops before it
+with one line naming what changed and the fix (`--restart STAGE`, which redoes that stage and
+everything after it). The whole command holds the run's writer lock. Several recipes run in
+parallel as separate processes (`--parallel N`).
 """
 
 from __future__ import annotations
@@ -14,20 +19,125 @@ import sys
 import time
 from pathlib import Path
 
-from .config import STAGES, RecipeConfig, config_hash
-from .errors import CharacterError
-from .runs import read_status, run_dir as run_dir_for, write_atomic
+import yaml
+
+from .config import STAGES, RecipeConfig, config_hash, env, is_secret_option, public_recipe
+from .errors import CharacterError, MissingKeyError, StaleStageError
+from .runs import read_status, recorded, run_dir as run_dir_for, run_lock, write_atomic, write_status
+from .types import StageStatus, stable_id
+
+UPSTREAM = {"prompts": (), "distill": ("prompts",), "dpo": ("distill",), "introspect": ("dpo",),
+            "sft": ("introspect", "dpo"), "merge": ("dpo", "sft")}
+# Backend options that change how requests are sent, not what comes back: not part of a stage's identity.
+OPERATIONAL = {"max_concurrency", "timeout", "max_retries", "backoff_base", "backoff_cap", "batch_size"}
+
+
+def _model(cfg: RecipeConfig, spec: str) -> dict:
+    opts = {k: v for k, v in cfg.models.options.get(spec, {}).items()
+            if k not in OPERATIONAL and not is_secret_option(k)}
+    return {"spec": spec, **({"options": opts} if opts else {})}
+
+
+def constitution_fingerprint(ref: str) -> str:
+    """Content hash of the constitution a recipe names (an edited file makes its stages stale)."""
+    from . import constitution as C
+    return stable_id(C.load(ref).model_dump())
+
+
+def stage_settings(cfg: RecipeConfig, stage: str) -> dict:
+    """Everything a stage's output depends on besides its inputs (the upstream stages' outputs)."""
+    m = cfg.models
+    if stage == "prompts":
+        s = {"prompts": cfg.prompts.model_dump(), "seed": cfg.seed, "student": _model(cfg, m.student),
+             "constitution": constitution_fingerprint(cfg.constitution)}
+        if cfg.prompts.mix.get("expanded", 0) > 0:
+            s["teacher"] = _model(cfg, m.teacher)
+        return s
+    if stage == "distill":
+        return {"distill": cfg.distill.model_dump(), "seed": cfg.seed, "teacher": _model(cfg, m.teacher),
+                "student": _model(cfg, m.student), "constitution": constitution_fingerprint(cfg.constitution),
+                "max_prompt_tokens": cfg.prompts.max_prompt_tokens}
+    if stage in ("dpo", "sft"):
+        return {stage: getattr(cfg, stage).model_dump(), "student": _model(cfg, m.student)}
+    if stage == "introspect":
+        return {"introspect": cfg.introspect.model_dump(), "seed": cfg.seed, "student": _model(cfg, m.student),
+                "constitution": constitution_fingerprint(cfg.constitution)}
+    return {"merge": cfg.merge.model_dump(), "student": _model(cfg, m.student)}
 
 
 def stage_hash(cfg: RecipeConfig, stage: str) -> str:
-    if stage == "prompts":
-        return config_hash(cfg.prompts)
-    if stage == "distill":
-        return config_hash({"distill": cfg.distill.model_dump(), "models": cfg.models.model_dump(),
-                            "constitution": cfg.constitution})
-    if stage in ("dpo", "sft"):
-        return config_hash(getattr(cfg, stage))
-    return config_hash(cfg.introspect if stage == "introspect" else cfg.merge)
+    return config_hash(stage_settings(cfg, stage))
+
+
+def output_id(rdir: Path, stage: str) -> str:
+    st = read_status(rdir / stage)
+    return st.output if st and st.state == "done" else ""
+
+
+def _flat(d: object, prefix: str = "") -> dict[str, object]:
+    if isinstance(d, dict):
+        out: dict[str, object] = {}
+        for k, v in d.items():
+            out.update(_flat(v, f"{prefix}.{k}" if prefix else str(k)))
+        return out
+    return {prefix: d}
+
+
+def what_changed(old: dict, new: dict) -> str:
+    a, b = _flat(old), _flat(new)
+    diffs = [f"{k} {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
+             if a.get(k) != b.get(k)]
+    if not diffs:
+        return "its settings were recorded by an older version"
+    return ", ".join(diffs[:3]) + (f" and {len(diffs) - 3} more" if len(diffs) > 3 else "")
+
+
+def staleness(cfg: RecipeConfig, rdir: Path, stage: str) -> str | None:
+    """Why the stage's saved records (finished or partial) do not belong to this recipe, or None."""
+    st = read_status(rdir / stage)
+    if st is None:
+        return None
+    if st.config_hash != stage_hash(cfg, stage):
+        return f"settings changed since it ran: {what_changed(st.settings, stage_settings(cfg, stage))}"
+    if st.state == "done":
+        for up in UPSTREAM[stage]:
+            if st.inputs.get(up) != output_id(rdir, up):
+                return f"its input, the {up} stage, was redone or changed since it ran"
+    return None
+
+
+def check_run(cfg: RecipeConfig, rdir: Path, wanted: list[str]) -> None:
+    """Refuse, before any work, a run that would continue past a stale stage or skip a missing input."""
+    last = max(STAGES.index(s) for s in wanted)
+    for stage in STAGES[:last + 1]:
+        why = staleness(cfg, rdir, stage)
+        if why:
+            raise StaleStageError(f"run={cfg.name!r}: stage {stage} is stale ({why}); rerun with "
+                                  f"--restart {stage} to redo it and every stage after it, or use another run name")
+    for stage in wanted:
+        for up in UPSTREAM[stage]:
+            if up in wanted:
+                continue
+            st = read_status(rdir / up)
+            if not st or st.state != "done":
+                state = st.state + (f": {st.error}" if st and st.error else "") if st else "not run"
+                raise CharacterError(f"stage {stage} needs the {up} stage done first (it is {state}); "
+                                     f"run it: character run RECIPE --stages {up} {stage}")
+
+
+def prepare_stage(cfg: RecipeConfig, rdir: Path, stage: str) -> None:
+    """Write the provenance before the stage starts, so even partial records say what made them."""
+    st = read_status(rdir / stage) or StageStatus(stage=stage)
+    write_status(rdir / stage, st.model_copy(update={
+        "state": "running", "config_hash": stage_hash(cfg, stage), "settings": stage_settings(cfg, stage),
+        "inputs": {up: output_id(rdir, up) for up in UPSTREAM[stage]}, "error": None, "finished": None}))
+
+
+def finish_stage(rdir: Path, stage: str) -> None:
+    st = read_status(rdir / stage)
+    if st and st.state == "done":
+        write_status(rdir / stage, st.model_copy(update={
+            "output": stable_id(stage, st.config_hash, st.inputs, st.started, st.finished)}))
 
 
 def run_stage(cfg: RecipeConfig, rdir: Path, stage: str) -> dict:
@@ -49,8 +159,6 @@ def run_stage(cfg: RecipeConfig, rdir: Path, stage: str) -> dict:
 
 def preflight(cfg: RecipeConfig, stages: list[str]) -> None:
     """Fail at once, before any work, when a key the recipe needs is missing."""
-    from .config import env
-    from .errors import MissingKeyError
     from .inference import parse_spec
     specs = [cfg.models.teacher, cfg.models.student] + ([cfg.models.judge] if "prompts" in stages else [])
     needs_tinker = any(parse_spec(s)[0] == "tinker" for s in specs) or any(
@@ -60,43 +168,65 @@ def preflight(cfg: RecipeConfig, stages: list[str]) -> None:
                               "backend: tinker); put the key in the environment or .env")
 
 
-def run_recipe(cfg: RecipeConfig, stages: list[str] | None = None, restart: bool = False,
-               say=print) -> dict:
-    import yaml
-    rdir = run_dir_for(cfg.name)
+def wanted_stages(cfg: RecipeConfig, stages: list[str] | None) -> list[str]:
     unknown = [s for s in (stages or []) if s not in STAGES]
     if unknown:
         raise CharacterError(f"stages={unknown}: unknown; use some of {', '.join(STAGES)}")
     wanted = [s for s in STAGES if s in (stages or cfg.stages)]
     if not wanted:
         raise CharacterError("stages=[]: nothing to run; name at least one stage")
+    return wanted
+
+
+def run_recipe(cfg: RecipeConfig, stages: list[str] | None = None, restart: bool | str = False,
+               say=print) -> dict:
+    """Run the wanted stages under the run's writer lock. `restart`: True redoes the first wanted
+    stage and everything after it; a stage name redoes that stage and everything after it."""
+    rdir = run_dir_for(cfg.name)
+    wanted = wanted_stages(cfg, stages)
+    if isinstance(restart, str):
+        if restart not in STAGES:
+            raise CharacterError(f"restart={restart!r}: not a stage; use one of {', '.join(STAGES)}")
+        wanted = sorted(set(wanted) | {restart}, key=STAGES.index)
     preflight(cfg, wanted)
-    if restart:
-        for s in STAGES[STAGES.index(wanted[0]):]:
-            shutil.rmtree(rdir / s, ignore_errors=True)
-    rdir.mkdir(parents=True, exist_ok=True)
-    write_atomic(rdir / "recipe.yaml", yaml.safe_dump(cfg.model_dump(), sort_keys=False))
-    results, timings = {}, {}
-    for stage in wanted:
-        st = read_status(rdir / stage)
-        if st and st.state == "done":
-            if st.config_hash != stage_hash(cfg, stage):
-                say(f"[{stage}] settings changed since this stage ran; keeping it (pass --restart to redo it)")
-            else:
+    with run_lock(rdir):
+        first = restart if isinstance(restart, str) else (wanted[0] if restart else None)
+        if first:
+            for s in STAGES[STAGES.index(first):]:
+                shutil.rmtree(rdir / s, ignore_errors=True)
+        check_run(cfg, rdir, wanted)
+        write_atomic(rdir / "recipe.yaml", yaml.safe_dump(public_recipe(cfg), sort_keys=False))
+        results, timings = {}, {}
+        for stage in wanted:
+            st = read_status(rdir / stage)
+            if st and st.state == "done" and not staleness(cfg, rdir, stage):
                 say(f"[{stage}] done already, skipped")
-            results[stage] = {"skipped": True, "done": st.done}
-            continue
-        say(f"[{stage}] running ...")
-        t = time.time()
-        results[stage] = run_stage(cfg, rdir, stage)
-        timings[stage] = time.time() - t
-        say(f"[{stage}] finished in {timings[stage]:.0f}s")
+                results[stage] = {"skipped": True, "done": st.done}
+                continue
+            say(f"[{stage}] running ...")
+            t = time.time()
+            prepare_stage(cfg, rdir, stage)
+            with recorded(rdir / stage, stage):
+                results[stage] = run_stage(cfg, rdir, stage)
+            finish_stage(rdir, stage)
+            timings[stage] = time.time() - t
+            say(f"[{stage}] finished in {timings[stage]:.0f}s")
     return {"run": str(rdir), "results": results, "timings": timings}
 
 
 def summary(outcome: dict) -> str:
     from .report import run_summary
     return run_summary(Path(outcome["run"]), outcome.get("timings", {}))
+
+
+def check_distinct_runs(cfgs: list[RecipeConfig], paths: list[str]) -> None:
+    """Two recipes that write one run folder would be two writers: refuse before starting any."""
+    seen: dict[str, str] = {}
+    for cfg, path in zip(cfgs, paths, strict=True):
+        if cfg.name in seen:
+            raise CharacterError(f"name={cfg.name!r}: both {seen[cfg.name]} and {path} write run {cfg.name!r}; "
+                                 "give each recipe its own name")
+        seen[cfg.name] = path
 
 
 def run_parallel(recipes: list[str], extra: list[str], parallel: int) -> int:

@@ -162,10 +162,9 @@ def run(cfg, run_dir: Path) -> list[Prompt]:
     from . import constitution as C
     from .inference import get_backend
     from .runs import start_status, write_jsonl, write_status
-    from .config import config_hash
 
     stage = run_dir / "prompts"
-    status = start_status(stage, "prompts", cfg.prompts.total, config_hash(cfg.prompts))
+    status = start_status(stage, "prompts", cfg.prompts.total)
     c = C.load(cfg.constitution)
     expanded = None
     if cfg.prompts.mix.get("expanded", 0) > 0:

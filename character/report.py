@@ -15,7 +15,7 @@ import json
 import time
 from pathlib import Path
 
-from .runs import read_json, read_status
+from .runs import read_json, read_status, shown_state
 
 STAGE_FILES = {"prompts": "prompts.jsonl", "distill": "pairs.jsonl", "dpo": "adapter", "introspect": "sft.jsonl",
                "sft": "adapter", "merge": "model"}
@@ -54,8 +54,9 @@ def stage_rows(rdir: Path) -> list[dict]:
         if not st:
             rows.append({"stage": stage, "state": "-", "done": 0, "total": None, "seconds": None, "note": ""})
             continue
-        end = st.finished or (time.time() if st.state == "running" else None)
-        rows.append({"stage": stage, "state": st.state, "done": st.done, "total": st.total,
+        state = shown_state(rdir, st)
+        end = st.finished or (time.time() if state == "running" else None)
+        rows.append({"stage": stage, "state": state, "done": st.done, "total": st.total,
                      "seconds": round(end - st.started) if end and st.started else None,
                      "note": st.error or st.warning or ""})
     return rows
@@ -78,11 +79,11 @@ def checkpoints(rdir: Path) -> list[dict]:
 
 def run_summary(rdir: Path, timings: dict | None = None) -> str:
     timings = timings or {}
-    lines = [f"run: {rdir}", "", f"{'stage':11} {'state':8} {'rows':>6}  {'time':>6}  output"]
+    lines = [f"run: {rdir}", "", f"{'stage':11} {'state':11} {'rows':>6}  {'time':>6}  output"]
     for stage, out in STAGE_FILES.items():
         st = read_status(rdir / stage)
         if not st:
-            lines.append(f"{stage:11} {'-':8} {'':>6}  {'':>6}")
+            lines.append(f"{stage:11} {'-':11} {'':>6}  {'':>6}")
             continue
         secs = timings.get(stage)
         secs = secs if secs is not None else ((st.finished or 0) - (st.started or 0) if st.finished else None)
@@ -91,7 +92,9 @@ def run_summary(rdir: Path, timings: dict | None = None) -> str:
             extra += "  filtered " + ", ".join(f"{k}={v}" for k, v in st.filtered.items())
         if st.counts:
             extra += "  " + ", ".join(f"{k}={v}" for k, v in st.counts.items())
-        lines.append(f"{stage:11} {st.state:8} {st.done:>6}  {(f'{secs:.0f}s' if secs else ''):>6}  "
+        if st.failed:
+            extra += f"  failed={st.failed}"
+        lines.append(f"{stage:11} {shown_state(rdir, st):11} {st.done:>6}  {(f'{secs:.0f}s' if secs else ''):>6}  "
                      f"{rdir / stage / out}{extra}")
         if st.error:
             lines.append(f"{'':11} error: {st.error}")

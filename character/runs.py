@@ -7,21 +7,29 @@ Layout under CHARACTER_HOME (default ./data):
     runs/<run>/<stage>/*.jsonl     the stage's records, appended and flushed as they complete
 JSONL is appended line by line with a flush (a crash loses at most the line being written, and a
 torn last line is cut off on the next open); whole files are written to a temp file and renamed.
+
+One writer per run: every command that writes into `runs/<run>/` holds `run_lock(run_dir)`, an
+exclusive `flock` on `runs/<run>/.lock` that the OS releases when the process dies. Readers never
+take it; `lock_holder` tells them whether a writer is alive (a stage left `running` without one
+was interrupted).
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import json
 import os
 import re
 import tempfile
 import time
+import traceback
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
 from pydantic import BaseModel
 
-from .errors import field_error
+from .errors import CharacterError, RunBusyError, StageError, field_error
 from .types import StageStatus
 
 T = TypeVar("T", bound=BaseModel)
@@ -150,11 +158,135 @@ def write_status(stage_path: Path, status: StageStatus) -> None:
     write_atomic(stage_path / "status.json", status.model_dump_json(indent=2) + "\n")
 
 
-def start_status(stage_path: Path, stage: str, total: int | None, config_hash: str) -> StageStatus:
-    status = StageStatus(stage=stage, state="running", total=total, config_hash=config_hash,
-                         started=time.time())
+def start_status(stage_path: Path, stage: str, total: int | None, config_hash: str | None = None) -> StageStatus:
+    """Mark a stage running. Provenance written before it started (settings, inputs: see
+    pipeline.prepare_stage) is kept; `config_hash` replaces it only when given."""
+    old = read_status(stage_path)
+    keep = old.model_dump(include={"config_hash", "settings", "inputs"}) if old else {}
+    if config_hash is not None:
+        keep["config_hash"] = config_hash
+    status = StageStatus(stage=stage, state="running", total=total, started=time.time(), **keep)
     write_status(stage_path, status)
     return status
+
+
+def one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()[0] if str(e).strip() else ""
+    return (f"{type(e).__name__}: {text}" if not isinstance(e, CharacterError) else text)[:300] or type(e).__name__
+
+
+def end_status(stage_path: Path, stage: str, state: str, error: str | None = None) -> None:
+    """Record how a stage ended when it did not end `done` itself (failed or stopped)."""
+    old = read_status(stage_path) or StageStatus(stage=stage)
+    write_status(stage_path, old.model_copy(update={"state": state, "error": error, "finished": time.time()}))
+
+
+@contextlib.contextmanager
+def recorded(stage_path: Path, stage: str):
+    """Every way out of a stage is written down: an exception -> `failed` with its one-line message
+    (and the traceback in error.log when it was not a user error), Ctrl-C or SIGTERM -> `stopped`."""
+    try:
+        yield
+    except KeyboardInterrupt:
+        end_status(stage_path, stage, "stopped", "interrupted (Ctrl-C or SIGTERM); run the same command to resume")
+        raise
+    except CharacterError as e:
+        end_status(stage_path, stage, "failed", one_line(e))
+        raise
+    except Exception as e:
+        msg = one_line(e)
+        stage_path.mkdir(parents=True, exist_ok=True)
+        write_atomic(stage_path / "error.log", traceback.format_exc())
+        end_status(stage_path, stage, "failed", msg)
+        raise StageError(f"stage {stage} failed: {msg} (traceback in {stage_path / 'error.log'})") from e
+
+
+# -- one writer per run ----------------------------------------------------------------------------
+
+_held: dict[Path, list] = {}  # lock path -> [fd, depth]: re-entrant within one process
+
+
+def _holder_text() -> str:
+    job = os.environ.get("CHARACTER_JOB_ID")
+    return json.dumps({"pid": os.getpid(), "job": int(job) if job and job.isdigit() else None,
+                       "since": time.time()})
+
+
+def _describe(holder: dict | None) -> str:
+    if not holder:
+        return "another process"
+    job = f" (studio job {holder['job']})" if holder.get("job") else ""
+    return f"pid {holder.get('pid')}{job}"
+
+
+def _read_holder(path: Path) -> dict | None:
+    try:
+        data = json.loads(path.read_text() or "null")
+        return data if isinstance(data, dict) else None
+    except (OSError, ValueError):
+        return None
+
+
+@contextlib.contextmanager
+def run_lock(rdir: Path, wait: float = 1.0):
+    """Hold the run's writer lock for the block. A second writer gets RunBusyError naming the
+    holder and writes nothing. `wait` covers a reader's momentary probe (see lock_holder)."""
+    path = (rdir / ".lock").resolve()
+    if path in _held:
+        _held[path][1] += 1
+        try:
+            yield
+        finally:
+            _held[path][1] -= 1
+        return
+    rdir.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+    deadline = time.time() + wait
+    while True:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            break
+        except BlockingIOError:
+            if time.time() >= deadline:
+                os.close(fd)
+                raise RunBusyError(f"run={rdir.name!r}: another writer is working on it ({_describe(_read_holder(path))}); "
+                                   "wait for it to finish or cancel it, then run again") from None
+            time.sleep(0.05)
+    os.ftruncate(fd, 0)
+    os.pwrite(fd, _holder_text().encode(), 0)
+    _held[path] = [fd, 1]
+    try:
+        yield
+    finally:
+        del _held[path]
+        fcntl.flock(fd, fcntl.LOCK_UN)
+        os.close(fd)
+
+
+def lock_holder(rdir: Path) -> dict | None:
+    """Who holds the run's writer lock ({'pid', 'job', 'since'}), or None when nobody does."""
+    path = rdir / ".lock"
+    if path.resolve() in _held:
+        return json.loads(_holder_text())
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return None
+    try:
+        fcntl.flock(fd, fcntl.LOCK_SH | fcntl.LOCK_NB)
+    except BlockingIOError:
+        os.close(fd)
+        return _read_holder(path) or {}
+    fcntl.flock(fd, fcntl.LOCK_UN)
+    os.close(fd)
+    return None
+
+
+def shown_state(rdir: Path, status: StageStatus) -> str:
+    """A stage's state as a reader should show it: `running` only while a writer holds the run."""
+    if status.state == "running" and lock_holder(rdir) is None:
+        return "interrupted"
+    return status.state
 
 
 def zip_folder(path: Path) -> bytes:

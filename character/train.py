@@ -56,7 +56,7 @@ def saturation_warning(history: list[dict]) -> str | None:
 
 def _fit(cfg, run_dir: Path, kind: str, log) -> tuple[dict, dict, list[str]]:
     """The training itself -> (result, data counts, adapters it was trained on top of)."""
-    from .distill import is_heldout
+    from .distill import split
     from .runs import read_jsonl
     from .training import get_trainer
     tcfg = getattr(cfg, kind)
@@ -65,11 +65,11 @@ def _fit(cfg, run_dir: Path, kind: str, log) -> tuple[dict, dict, list[str]]:
     stage = run_dir / kind
     if kind == "dpo":
         pairs = read_jsonl(run_dir / "distill" / "pairs.jsonl", PreferencePair)
-        train = [p for p in pairs if not is_heldout(p.id, cfg.distill.heldout)]
+        train, held = split(pairs, cfg.distill.heldout)
         if not train:
             raise CharacterError(f"run={run_dir.name!r}: no training pairs; run distill (or raise prompts.total)")
         result = trainer.train_dpo(train, base, tcfg, stage, log)
-        return result, {"train_pairs": len(train), "heldout_pairs": len(pairs) - len(train)}, []
+        return result, {"train_pairs": len(train), "heldout_pairs": len(held)}, []
     examples = read_jsonl(run_dir / "introspect" / "sft.jsonl", SFTExample)
     if cfg.introspect.include_thinking and (run_dir / "introspect" / "thinking.jsonl").exists():
         from .introspect import thinking_as_sft
@@ -112,14 +112,13 @@ def _launch(cfg, run_dir: Path, kind: str) -> tuple[dict, dict, list[str]]:
 
 
 def run(cfg, run_dir: Path, kind: str) -> dict:
-    from .config import config_hash
-    from .distill import is_heldout
+    from .distill import split
     from .runs import read_jsonl, start_status, write_json, write_status
     from .training import get_trainer
 
     stage = run_dir / kind
     tcfg = getattr(cfg, kind)
-    status = start_status(stage, kind, None, config_hash(tcfg))
+    status = start_status(stage, kind, None)
     (stage / "metrics.jsonl").unlink(missing_ok=True)  # training restarts from the beginning
     if tcfg.num_processes > 1 and tcfg.backend == "trl":
         result, counts, init = _launch(cfg, run_dir, kind)
@@ -131,7 +130,7 @@ def run(cfg, run_dir: Path, kind: str) -> dict:
             handle.close()
     if kind == "dpo":
         pairs = read_jsonl(run_dir / "distill" / "pairs.jsonl", PreferencePair)
-        held = [p for p in pairs if is_heldout(p.id, cfg.distill.heldout)]
+        held = split(pairs, cfg.distill.heldout)[1]
         base = student_path(cfg.models.student, tcfg.backend)
         result.update(get_trainer(tcfg.backend).preference_metrics(base, str(stage / "adapter"), held, tcfg.beta))
     history = [json.loads(line) for line in (stage / "metrics.jsonl").read_text().splitlines()]

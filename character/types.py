@@ -49,6 +49,7 @@ class Completion(Record):
     finish_reason: Literal["stop", "length", "error"] = "stop"
     model: str = ""
     completion_tokens: int = 0
+    error: str | None = Field(None, description="Why the request failed (finish_reason 'error'); a rerun retries it.")
 
 
 class Prompt(Record):
@@ -76,6 +77,8 @@ class PreferencePair(Record):
     teacher_model: str
     student_model: str
     sampling: SamplingParams = Field(default_factory=SamplingParams)
+    heldout: bool | None = Field(None, description="Kept out of training for evaluation; decided once, when the "
+                                 "pair was made (None: a file from before the split was recorded).")
 
 
 class SFTExample(Record):
@@ -138,6 +141,9 @@ class StageStatus(Record):
     filtered: dict[str, int] = Field(default_factory=dict)
     counts: dict[str, int] = Field(default_factory=dict)
     config_hash: str = ""
+    settings: dict[str, object] = Field(default_factory=dict, description="What config_hash was computed from.")
+    inputs: dict[str, str] = Field(default_factory=dict, description="Upstream stage -> the output id it consumed.")
+    output: str = Field("", description="Id of what this stage made; set when it ends `done`.")
     started: float | None = None
     finished: float | None = None
     error: str | None = None

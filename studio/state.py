@@ -10,7 +10,7 @@ from character import constitution as C
 from character import jobs, report
 from character.config import key_status, load_env, save_recipe
 from character.errors import CharacterError
-from character.runs import character_home, read_jsonl, run_dir, zip_folder
+from character.runs import character_home, lock_holder, read_jsonl, run_dir, zip_folder
 
 load_env()
 
@@ -74,18 +74,35 @@ def system_prompt(c: C.Constitution) -> str:
 
 
 def import_trait_list(text: str, name: str) -> C.Constitution:
+    """Pasted trait list -> constitution. The name is checked before anything is written, and the
+    temporary file has a fixed name (the user's text never becomes a path)."""
     import tempfile
     from pathlib import Path
+
+    from character.runs import check_slug
+    if name:
+        check_slug(name, "name")
     with tempfile.TemporaryDirectory() as d:
-        p = Path(d) / f"{name or 'imported'}.txt"
+        p = Path(d) / "traits.txt"
         p.write_text(text, encoding="utf-8")
-        return C.import_trait_list(p, name or None)
+        return C.import_trait_list(p, name or "imported")
 
 
 # -- jobs ----------------------------------------------------------------------------------------
 
 def launch(run: str, stage: str, args: list[str]) -> jobs.Job:
     return jobs.launch(run, stage, args)
+
+
+def busy_reason(run: str) -> str | None:
+    """Why no new job may start on `run` now (a job or another process is writing it), or None."""
+    job = jobs.active_job(run)
+    if job:
+        return f"job {job.id} ({job.stage}) is working on this run"
+    holder = lock_holder(run_dir(run))
+    if holder is not None:
+        return f"pid {holder.get('pid', '?')} is writing this run"
+    return None
 
 
 def job_table(run: str | None = None) -> list[dict]:

@@ -71,6 +71,43 @@ def llama_server(tmp_path_factory):
             proc.kill()
 
 
+TINY = {
+    "name": "tiny", "constitution": "pirate", "seed": 1,
+    "prompts": {"total": 24, "mix": {"constitution": 0.75, "generic": 0.25}},
+    "distill": {"batch_size": 8, "heldout": 0.25, "drop_truncated": False,
+                "sampling": {"max_tokens": 48, "temperature": 0.7, "repetition_penalty": 1.1}},
+    "dpo": {"rank": 8, "alpha": 16, "lr": 5e-4, "nll": 1.0, "epochs": 3, "batch_size": 6, "max_length": 160,
+            "warmup_ratio": 0.0},
+    "introspect": {"reflection_prompts": 2, "samples_per_prompt": 1, "interactions": 1, "turns": 3,
+                   "sampling": {"max_tokens": 40, "temperature": 0.7}},
+    "sft": {"rank": 8, "alpha": 16, "lr": 5e-4, "epochs": 2, "batch_size": 2, "max_length": 256,
+            "warmup_ratio": 0.0},
+    "eval": {"prompts": 2, "max_tokens": 16, "preference_prompts": 2, "conditions": ["feel", "random"],
+             "rubric_answers": 1, "conversations": 1, "bootstrap_rounds": 20},
+}
+
+
+def write_recipe(folder: Path, **changes) -> Path:
+    import yaml
+    data = {**TINY, **changes}
+    p = folder / f"{data['name']}.yaml"
+    p.write_text(yaml.safe_dump(data))
+    return p
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """The tiny recipe run once through every stage and the evaluation, uninterrupted; shared by the
+    pipeline test and the reliability tests (which compare an interrupted run with it)."""
+    base = tmp_path_factory.mktemp("tiny")
+    home = base / "home"
+    spec = write_recipe(base)
+    r = run_cli("run", str(spec), env={"CHARACTER_HOME": str(home)})
+    assert r.returncode == 0, r.stderr[-3000:]
+    ev = run_cli("eval", "tiny", env={"CHARACTER_HOME": str(home)})
+    return {"home": home, "recipe": spec, "run": r, "eval": ev}
+
+
 def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None) -> subprocess.CompletedProcess:
     """Run the real `character` command in a subprocess."""
     full_env = {**os.environ, **(env or {})}

@@ -68,7 +68,7 @@ def test_single_stage_command_and_report(tmp_path, home):
     r = run_cli("prompts", str(ROOT / "configs" / "pirate-cpu.yaml"), "--set", "prompts.total=12",
                 env={"CHARACTER_HOME": str(home)})
     assert r.returncode == 0, r.stderr
-    assert "prompts     done         12" in r.stdout
+    assert "prompts     done            12" in r.stdout
     r = run_cli("report", "pirate-cpu", env={"CHARACTER_HOME": str(home)})
     assert r.returncode == 0 and "prompts.jsonl" in r.stdout
     r = run_cli("report", "no-such-run", env={"CHARACTER_HOME": str(home)})
@@ -84,10 +84,22 @@ def test_backend_and_evaluation_fields_are_checked():
     data["eval"]["conditions"] = ["feel", "love"]
     errors = "\n".join(recipe_errors(data))
     assert "dpo.backend='magic'" in errors and "sft.distributed='zero9'" in errors
-    assert "'shout' is not an attack" in errors and "'love' is not a condition" in errors
+    assert "eval.attacks.1='shout'" in errors and "eval.conditions.1='love'" in errors
+    assert len(errors.splitlines()) == 4  # every problem, each once
     data = yaml.safe_load((ROOT / "configs" / "pirate-tinker.yaml").read_text())
     data["dpo"]["num_processes"] = 4
     assert any("Tinker runs remotely" in e for e in recipe_errors(data))
+
+
+def test_closed_choices_match_their_owners():
+    from typing import get_args
+
+    from character.config import STAGES, Attack, Condition, Source, Stage
+    from character.evaluate import ATTACKS
+    from character.preferences import CONDITIONS
+    from character.prompts import SOURCES
+    assert get_args(Stage) == STAGES and get_args(Source) == SOURCES
+    assert set(get_args(Attack)) == set(ATTACKS) and set(get_args(Condition)) == set(CONDITIONS)
 
 
 def test_eval_on_a_missing_run_says_so(home):

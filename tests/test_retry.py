@@ -10,7 +10,6 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
 import pytest
 
-from character.errors import GenerationError
 from character.inference.openai_compat import OpenAIBackend
 from character.types import Message, SamplingParams
 
@@ -98,10 +97,13 @@ def test_fallback_when_primary_stays_overloaded(flaky):
     assert b.stats["fallbacks"] == 3
 
 
-def test_no_fallback_gives_clear_error(flaky):
+def test_without_fallback_a_failed_request_is_a_counted_item_and_the_rest_are_kept(flaky):
     b = OpenAIBackend("down", base_url=flaky.url, max_retries=1, backoff_base=0.01)
-    with pytest.raises(GenerationError, match="still failing after 1 retries"):
-        b.generate(convs(1), SamplingParams(max_tokens=8))
+    out = b.generate(convs(2), SamplingParams(max_tokens=8))
+    assert [o[0].finish_reason for o in out] == ["error", "error"]
+    assert "still failing after 1 retries" in out[0][0].error and b.stats["failures"] == 2
+    ok = OpenAIBackend("steady", base_url=flaky.url).generate(convs(1), SamplingParams(max_tokens=8))
+    assert ok[0][0].text == "echo:prompt-0"
 
 
 def test_key_never_in_repr(flaky):

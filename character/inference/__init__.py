@@ -16,11 +16,10 @@ from __future__ import annotations
 import threading
 from typing import Iterator, Protocol, runtime_checkable
 
-from ..errors import ModelSpecError
+from ..config import resolve_option
+from ..specs import PROVIDERS, SPEC_HELP, parse_spec  # noqa: F401 - re-exported: inference.parse_spec
 from ..types import Completion, Conversation, Message, SamplingParams
 
-PROVIDERS = ("embedded", "hf", "openai", "vllm", "tinker")
-SPEC_HELP = "use embedded, hf/<id-or-path>, openai/<model>, vllm/<model> or tinker/<model>"
 
 
 @runtime_checkable
@@ -48,19 +47,6 @@ def generate_text(backend: Backend, conversations: list[Conversation],
     return [c[0].text for c in out]
 
 
-def parse_spec(spec: str) -> tuple[str, str]:
-    """`provider/model` -> (provider, model). `embedded` has no model part."""
-    if not isinstance(spec, str) or not spec.strip():
-        raise ModelSpecError(f"model={spec!r}: empty model spec; {SPEC_HELP}")
-    spec = spec.strip()
-    if spec == "embedded":
-        return "embedded", ""
-    provider, sep, model = spec.partition("/")
-    if provider not in PROVIDERS or not sep or not model:
-        raise ModelSpecError(f"model={spec!r}: unknown model spec; {SPEC_HELP}")
-    return provider, model
-
-
 _cache: dict[tuple, Backend] = {}
 _lock = threading.Lock()
 
@@ -72,6 +58,7 @@ def get_backend(spec: str, **options) -> Backend:
     `fallback=` for openai). Local models are loaded once per process and shared.
     """
     provider, model = parse_spec(spec)
+    options = {k: resolve_option(k, v) for k, v in options.items()}
     key = (provider, model, tuple(sorted((k, repr(v)) for k, v in options.items())))
     with _lock:
         if key in _cache:

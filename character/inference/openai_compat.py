@@ -2,19 +2,25 @@
 Ollama, a llama.cpp server.
 
 Spec `openai/<model>`. Base URL and key come from the arguments, else OPENAI_BASE_URL and
-OPENAI_API_KEY. Requests run concurrently (bounded); 429, 5xx, timeouts and dropped connections
-are retried with exponential backoff and full jitter; when the primary model stays overloaded
-after its retries, the `fallback` model gets the request (as the seeds do: primary, then
-fallback). Results always come back one per request, in input order.
+OPENAI_API_KEY. Requests run concurrently (bounded). Every transient failure a real provider
+produces is retried with exponential backoff and full jitter, honouring Retry-After: HTTP
+408/409/429/5xx, refused or reset connections, timeouts, and a 200 whose body is cut off, is not
+JSON or has no choices. When the primary model stays overloaded after its retries, the `fallback`
+model gets the request (as the seeds do: primary, then fallback). A request that still fails
+comes back as a Completion with finish_reason "error" and the reason, so the caller keeps the rest
+of the batch and counts it; results always come back one per request, in input order.
 """
 
 from __future__ import annotations
 
+import email.utils
 import random
 import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
+
+import httpx
 
 from ..config import env
 from ..errors import GenerationError, MissingDependencyError, MissingKeyError, ModelSpecError
@@ -26,8 +32,38 @@ try:
 except ImportError:  # pragma: no cover
     raise MissingDependencyError("backend 'openai' needs the openai SDK; run: pip install -e '.[openai]'") from None
 
-RETRYABLE = (openai.RateLimitError, openai.InternalServerError, openai.APITimeoutError,
-             openai.APIConnectionError)
+RETRY_STATUS = {408, 409, 429}  # and every 5xx
+RETRY_AFTER_CAP = 60.0  # seconds: the longest Retry-After we wait out
+
+
+class _BadResponse(Exception):
+    """A 200 whose body was cut off, was not JSON, or held no choices."""
+
+
+def _transient(e: Exception) -> bool:
+    if isinstance(e, openai.APIStatusError):
+        return (e.status_code in RETRY_STATUS or e.status_code >= 500) and not _is_rejection(e)
+    return isinstance(e, (openai.APIConnectionError, openai.APIResponseValidationError, _BadResponse, ValueError))
+
+
+def retry_after(e: Exception) -> float | None:
+    """Seconds the server asked us to wait (Retry-After: seconds or an HTTP date; retry-after-ms)."""
+    response = getattr(e, "response", None)
+    if response is None:
+        return None
+    headers = response.headers
+    try:
+        if headers.get("retry-after-ms"):
+            return float(headers["retry-after-ms"]) / 1000
+        value = headers.get("retry-after")
+        if not value:
+            return None
+        try:
+            return float(value)
+        except ValueError:
+            return max(0.0, email.utils.parsedate_to_datetime(value).timestamp() - time.time())
+    except (TypeError, ValueError):
+        return None
 # Structured-output request styles, tried in order; a server that rejects one (HTTP 400) is
 # asked the next way from then on. llama.cpp's server takes a schema inside `json_object`.
 SCHEMA_MODES = ("json_schema", "json_object", "none")
@@ -63,7 +99,7 @@ class OpenAIBackend:
         self.reasoning_effort = reasoning_effort
         self.schema_mode = schema_mode
         self._mode_lock = threading.Lock()
-        self.stats = {"requests": 0, "retries": 0, "fallbacks": 0}
+        self.stats = {"requests": 0, "retries": 0, "fallbacks": 0, "failures": 0}
 
     def __repr__(self) -> str:  # never shows the key
         return f"OpenAIBackend(model={self.model!r}, base_url={str(self.client.base_url)!r})"
@@ -90,23 +126,31 @@ class OpenAIBackend:
             kw["extra_body"] = extra
         return kw
 
-    def _sleep(self, attempt: int) -> None:
-        time.sleep(random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** attempt)))
+    def _sleep(self, attempt: int, asked: float | None = None) -> None:
+        wait = random.uniform(0, min(self.backoff_cap, self.backoff_base * 2 ** attempt))
+        time.sleep(max(wait, min(asked, RETRY_AFTER_CAP)) if asked is not None else wait)
 
     def _call(self, model: str, messages: list[dict], kwargs: dict):
         last: Exception | None = None
         for attempt in range(self.max_retries + 1):
             self.stats["requests"] += 1
             try:
-                return self.client.chat.completions.create(model=model, messages=messages, **kwargs)
-            except RETRYABLE as e:
+                resp = self.client.chat.completions.create(model=model, messages=messages, **kwargs)
+                if not getattr(resp, "choices", None):  # a non-JSON 200 comes back as text; an empty one too
+                    raise _BadResponse(f"HTTP 200 without choices: {str(resp)[:80]!r}")
+                return resp
+            except openai.InternalServerError as e:
                 if _is_rejection(e):
                     raise _Rejected(str(e)) from None
                 last = e
-                if attempt < self.max_retries:
-                    self.stats["retries"] += 1
-                    self._sleep(attempt)
-        raise last  # type: ignore[misc]
+            except Exception as e:  # noqa: BLE001 - sorted into transient (retried) and not (raised)
+                if not _transient(e):
+                    raise
+                last = e
+            if attempt < self.max_retries:
+                self.stats["retries"] += 1
+                self._sleep(attempt, retry_after(last))
+        raise _Exhausted(last)
 
     def _one(self, conversation: Conversation, params: SamplingParams, seed: int | None,
              json_schema: dict | None) -> Completion:
@@ -117,32 +161,36 @@ class OpenAIBackend:
             try:
                 try:
                     resp, used = self._call(self.model, messages, kwargs), self.model
-                except RETRYABLE:
+                except _Exhausted:
                     if not self.fallback:
                         raise
                     self.stats["fallbacks"] += 1
                     resp, used = self._call(self.fallback, messages, kwargs), self.fallback
             except (openai.BadRequestError, openai.UnprocessableEntityError, _Rejected) as e:
-                if json_schema is not None and mode != "none":
+                if json_schema is not None and mode != "none" and (isinstance(e, _Rejected) or _about_format(e)):
                     with self._mode_lock:  # this server refuses that style: ask the next way
                         if self.schema_mode == mode:
                             self.schema_mode = SCHEMA_MODES[SCHEMA_MODES.index(mode) + 1]
                     continue
-                raise GenerationError(f"model={self.name!r}: the server refused the request ({_short(e)})") from None
+                return self._failed(f"the server refused the request ({_short(e)})")
             except openai.AuthenticationError:
                 raise MissingKeyError(f"model={self.name!r}: the server refused the API key; "
                                       "check OPENAI_API_KEY (and OPENAI_BASE_URL)") from None
             except openai.NotFoundError as e:
                 raise ModelSpecError(f"model={self.name!r}: the server does not know this model "
                                      f"({_short(e)}); check the model name") from None
-            except RETRYABLE as e:
-                raise GenerationError(f"model={self.name!r}: still failing after {self.max_retries} "
-                                      f"retries{' and fallback' if self.fallback else ''} ({_short(e)})") from None
+            except _Exhausted as e:
+                return self._failed(f"still failing after {self.max_retries} retries"
+                                    f"{' and fallback' if self.fallback else ''} ({_short(e.last)})")
             choice = resp.choices[0]
             reason = "length" if choice.finish_reason == "length" else "stop"
             tokens = resp.usage.completion_tokens if resp.usage else 0
             return Completion(text=(choice.message.content or "").strip(), finish_reason=reason,
                               model=f"openai/{used}", completion_tokens=tokens)
+
+    def _failed(self, reason: str) -> Completion:
+        self.stats["failures"] += 1
+        return Completion(text="", finish_reason="error", model=self.name, error=reason)
 
     # -- protocol ------------------------------------------------------------------------------
     def generate(self, conversations: list[Conversation], params: SamplingParams,
@@ -159,15 +207,20 @@ class OpenAIBackend:
         return [flat[i * params.n:(i + 1) * params.n] for i in range(len(conversations))]
 
     def stream(self, conversation: Conversation, params: SamplingParams) -> Iterator[str]:
+        """Yield the reply as it arrives. A stream that breaks midway raises GenerationError after
+        the pieces already yielded (the caller keeps them)."""
         kwargs = self._kwargs(params, params.seed, None)
+        received = 0
         try:
             chunks = self.client.chat.completions.create(
                 model=self.model, messages=as_messages(conversation), stream=True, **kwargs)
             for chunk in chunks:
                 if chunk.choices and chunk.choices[0].delta.content:
+                    received += len(chunk.choices[0].delta.content)
                     yield chunk.choices[0].delta.content
-        except openai.APIError as e:
-            raise GenerationError(f"model={self.name!r}: streaming failed ({_short(e)})") from None
+        except (openai.APIError, httpx.HTTPError, ValueError) as e:
+            where = f"after {received} characters" if received else "before any text arrived"
+            raise GenerationError(f"model={self.name!r}: the stream broke {where} ({_short(e)})") from None
 
     def logprobs(self, conversations: list[Conversation], responses: list[str]) -> list[list[float]]:
         raise GenerationError(f"model={self.name!r}: OpenAI-compatible chat endpoints cannot score "
@@ -176,6 +229,20 @@ class OpenAIBackend:
 
 class _Rejected(Exception):
     """A request the server refuses as malformed, whatever status code it used."""
+
+
+class _Exhausted(Exception):
+    """A transient failure that outlasted the retries."""
+
+    def __init__(self, last: Exception | None):
+        super().__init__(str(last))
+        self.last = last or RuntimeError("no attempt made")
+
+
+def _about_format(e: Exception) -> bool:
+    """Whether a refusal is about the structured-output request (so asking another way can help)."""
+    text = str(e).lower()
+    return any(w in text for w in ("response_format", "json_schema", "json_object", "schema", "grammar"))
 
 
 def _is_rejection(e: Exception) -> bool:

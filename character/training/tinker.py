@@ -26,8 +26,9 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import urllib.request
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import Callable
 
 from tqdm import tqdm
@@ -262,15 +263,32 @@ def _finish(tc, rest, base: str, cfg, out_dir: Path, losses: list[float], steps:
             "loss_last": sum(losses[-k:]) / k if losses else math.nan}
 
 
+def safe_target(out: Path, rel: str) -> Path:
+    """Where a downloaded checkpoint file may go: inside `out`, never through a link. Refuses
+    absolute names, `..`, backslashes and any existing symlink on the way."""
+    parts = PurePosixPath(rel).parts
+    if (not rel or "\\" in rel or PurePosixPath(rel).is_absolute() or ".." in parts or "\x00" in rel
+            or Path(rel).is_absolute()):
+        raise CharacterError(f"tinker download: refusing file name {rel!r} (absolute, '..' or odd characters)")
+    cur = out
+    for part in parts:
+        cur = cur / part
+        if cur.is_symlink():
+            raise CharacterError(f"tinker download: refusing file name {rel!r} ({cur} is a link)")
+    if not cur.resolve().is_relative_to(out.resolve()):
+        raise CharacterError(f"tinker download: refusing file name {rel!r} (outside {out})")
+    return cur
+
+
 def download(rest, external_path: str, out: Path) -> Path:
     urls = rest.get_external_weights_urls(external_path).result().urls
     out.mkdir(parents=True, exist_ok=True)
+    targets = {rel: safe_target(out, rel) for rel in urls}  # check every name before writing any file
     for rel, url in urls.items():
-        target = out / rel
-        if ".." in Path(rel).parts:
-            raise CharacterError(f"tinker download: refusing file name {rel!r}")
+        target = targets[rel]
         target.parent.mkdir(parents=True, exist_ok=True)
-        with urllib.request.urlopen(url, timeout=300) as r, open(target, "wb") as f:  # noqa: S310 - signed https URL
+        fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_NOFOLLOW, 0o644)
+        with urllib.request.urlopen(url, timeout=300) as r, os.fdopen(fd, "wb") as f:  # noqa: S310 - signed https URL
             f.write(r.read())
     return out
 

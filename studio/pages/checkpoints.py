@@ -27,12 +27,16 @@ if any(c["kind"] in ("dpo", "sft") for c in cks):
     a, b = st.columns(2)
     w_dpo = a.number_input("DPO weight", -2.0, 2.0, 1.0, 0.05, key="ck_wdpo")
     w_sft = b.number_input("SFT weight", -2.0, 2.0, 0.25, 0.05, key="ck_wsft")
-    if st.button("Merge", key="ck_merge"):
+    busy = state.busy_reason(run)
+    if st.button("Merge", key="ck_merge", disabled=busy is not None, help=busy):
         job = state.launch(run, "merge", ["merge", state.recipe_path(run), "--restart", "--set",
                                           f"merge.weights=[{w_dpo},{w_sft}]"])
         st.info(f"Merging as job {job.id}.")
+    if busy:
+        st.caption(f"Merge is off while {busy}.")
     fmt = st.selectbox("Export the preference pairs as", ["trl", "openai-dpo", "openai-sft", "together"],
                        key="ck_fmt")
     if st.button("Export", key="ck_export"):
-        job = state.launch(run, "export", ["export", run, "--format", fmt, "--out", state.export_path(run, fmt)])
+        job = state.launch(run, "export", ["export", f"--format={fmt}", f"--out={state.export_path(run, fmt)}", "--",
+                                           run])
         st.info(f"Exporting to {state.export_path(run, fmt)} (job {job.id}).")

@@ -85,8 +85,9 @@ with draft:
         try:
             from character.runs import check_slug
             check_slug(dname, "name")
-            job = state.launch(dname, "draft", ["constitution", "draft", description, "--model", model,
-                                                "--name", dname])
+            # free text as --flag=value and after "--": a value starting with "-" is never read as a flag
+            job = state.launch(dname, "draft", ["constitution", f"--model={model}", f"--name={dname}", "--",
+                                                "draft", description])
             st.info(f"Drafting as job {job.id}; it appears in Browse when done.")
         except CharacterError as e:
             st.error(str(e))

@@ -29,10 +29,10 @@ with st.form("preview_form"):
     go = st.form_submit_button("Generate preview")
 if go:
     mix = f"constitution={m_const},templates={m_templ},generic={m_gen}"
-    job = state.launch(constitution, "preview", ["preview", constitution, "--n", str(n), "--teacher", teacher,
-                                                 "--student", student, "--mix", mix, "--hint-rate", str(hint),
-                                                 "--max-tokens", str(int(tokens)),
-                                                 "--out", state.preview_path(constitution)])
+    job = state.launch(constitution, "preview", ["preview", f"--n={n}", f"--teacher={teacher}",
+                                                 f"--student={student}", f"--mix={mix}", f"--hint-rate={hint}",
+                                                 f"--max-tokens={int(tokens)}",
+                                                 f"--out={state.preview_path(constitution)}", "--", constitution])
     st.info(f"Generating as job {job.id} (the page updates by itself).")
 
 

@@ -12,11 +12,14 @@ if not runs:
     st.stop()
 run = st.selectbox("Run", runs, key="ev_run")
 a, b = st.columns([1, 3])
-if a.button("Run evaluation", key="ev_go"):
-    job = state.launch(run, "eval", ["eval", run])
+busy = state.busy_reason(run)
+if a.button("Run evaluation", key="ev_go", disabled=busy is not None, help=busy):
+    job = state.launch(run, "eval", ["eval", "run", "--", run])
     st.info(f"Evaluating as job {job.id}; finished sections are kept if it stops.")
+if busy:
+    st.caption(f"Evaluation is off while {busy}.")
 if b.button("Write the report card", key="ev_report"):
-    job = state.launch(run, "report", ["report", run])
+    job = state.launch(run, "report", ["report", "--", run])
 
 
 @st.fragment(run_every=3)

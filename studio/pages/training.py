@@ -64,8 +64,11 @@ if launch:
         data["eval"] = {"prompts": 2, "max_tokens": 32, "preference_prompts": 2, "conditions": ["feel"],
                         "rubric_answers": 1, "conversations": 1, "bootstrap_rounds": 50}
     try:
+        busy = state.busy_reason(run) if run in state.run_names() else None
+        if busy:
+            raise CharacterError(f"run={run!r}: {busy}; pick another run name or wait")
         path = state.save_recipe_data(data)
-        job = state.launch(run, "train", ["run", path])
+        job = state.launch(run, "train", ["run", "--", path])
         st.session_state["tr_launched"] = run
         st.success(f"Recipe saved to {path} (repeat with `character run {path}`); job {job.id} started.")
     except CharacterError as e:
@@ -89,7 +92,9 @@ if runs:
             a.write(f"job {job.id}: **{job.status}**")
             if job.active and b.button("Cancel", key=f"cancel_{job.id}"):
                 state.cancel(job.id)
-            if not job.active and job.status != "done" and c.button("Resume", key=f"resume_{job.id}"):
+            busy = None if job.active else state.busy_reason(current)
+            if not job.active and job.status != "done" and c.button("Resume", key=f"resume_{job.id}",
+                                                                    disabled=busy is not None, help=busy):
                 state.resume(job.id)
             st.code(state.job_log(job, 12) or "(starting)", language=None)
         for kind, keys in (("dpo", ("loss", "rewards/margins")), ("sft", ("loss",))):
