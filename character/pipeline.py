@@ -206,8 +206,15 @@ def run_recipe(cfg: RecipeConfig, stages: list[str] | None = None, restart: bool
             say(f"[{stage}] running ...")
             t = time.time()
             prepare_stage(cfg, rdir, stage)
-            with recorded(rdir / stage, stage):
-                results[stage] = run_stage(cfg, rdir, stage)
+            try:
+                with recorded(rdir / stage, stage):
+                    results[stage] = run_stage(cfg, rdir, stage)
+            except KeyboardInterrupt:
+                say(f"[{stage}] stopped; run the same command to resume")
+                raise
+            except CharacterError:
+                say(f"[{stage}] failed (recorded in {rdir / stage / 'status.json'})")
+                raise
             finish_stage(rdir, stage)
             timings[stage] = time.time() - t
             say(f"[{stage}] finished in {timings[stage]:.0f}s")

@@ -87,6 +87,23 @@ def test_every_way_out_of_a_stage_is_recorded(tmp_path):
         assert shown_state(tmp_path, read_status(d)) == "running"
 
 
+def test_a_failing_stage_is_named_recorded_and_exits_non_zero_and_a_rerun_retries(home, tmp_path):
+    dead = f"http://127.0.0.1:{free_port()}/v1"  # nothing listens: every request is refused
+    opts = {"base_url": dead, "max_retries": 1, "backoff_base": 0.01, "timeout": 2}
+    spec = write_recipe(tmp_path, name="dead", stages=["prompts", "distill"],
+                        models={"teacher": "openai/x", "student": "openai/x", "judge": "embedded",
+                                "options": {"openai/x": opts}},
+                        prompts={"total": 4, "mix": {"constitution": 1.0}})
+    r = run_cli("run", str(spec), env={"CHARACTER_HOME": str(home)})
+    assert r.returncode == 1 and "[distill] failed" in r.stderr
+    assert "error: distill: 4 of 4 prompts failed after retries" in r.stderr and "run again" in r.stderr
+    st = read_status(home / "runs" / "dead" / "distill")
+    assert st.state == "failed" and st.failed == 4 and "4 of 4" in st.error
+    assert read_jsonl(home / "runs" / "dead" / "distill" / "filtered.jsonl", FilteredItem) == []  # not filtered: retried
+    again = run_cli("run", str(spec), env={"CHARACTER_HOME": str(home)})
+    assert again.returncode == 1 and "[distill] running" in again.stderr  # asked again, not skipped
+
+
 # -- provenance -------------------------------------------------------------------------------------
 
 def _finish_all(cfg, rdir, stages=STAGES):
