@@ -156,9 +156,11 @@ def _turn(backend, history: list, text: str, params, label: str) -> None:
 # -- pipeline ----------------------------------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from .config import load_recipe
+    from .config import STAGES, load_recipe
     from .pipeline import check_distinct_runs, run_parallel, run_recipe, summary
 
+    if isinstance(args.restart, str) and args.restart not in STAGES and Path(args.restart).is_file():
+        args.recipes, args.restart = [args.restart, *args.recipes], True  # `run --restart RECIPE`: a plain --restart
     cfgs = [load_recipe(r, args.set) for r in args.recipes]  # validate every recipe before starting any
     check_distinct_runs(cfgs, args.recipes)
     if len(cfgs) > 1 and args.parallel > 1:
@@ -424,7 +426,7 @@ def build_parser() -> argparse.ArgumentParser:
     ch.set_defaults(func=cmd_chat)
 
     r = sub.add_parser("run", help="run a recipe's stages in order (resumes; skips finished stages)")
-    r.add_argument("recipes", nargs="+", help="recipe YAML file(s)")
+    r.add_argument("recipes", nargs="*", help="recipe YAML file(s)")
     r.add_argument("--stages", nargs="+", help="only these stages (prompts distill dpo introspect sft merge)")
     r.add_argument("--parallel", type=int, default=1, help="run several recipes as parallel processes")
     r.add_argument("--restart", nargs="?", const=True, default=False, metavar="STAGE",
@@ -541,7 +543,11 @@ def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if len(argv) >= 2 and argv[0] == "eval" and argv[1] not in EVAL_TOOLS and not argv[1].startswith("-"):
         argv.insert(1, "run")  # `character eval RUN` is `character eval run RUN`
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.command == "run" and not args.recipes and not (isinstance(args.restart, str) and
+                                                            Path(args.restart).is_file()):
+        parser.error("run: give at least one recipe YAML file")
     if args.command == "constitution" and args.action == "validate":
         args.targets = ([args.target] if args.target else []) + list(args.targets)
     elif args.command == "constitution" and args.action != "list" and not args.target:

@@ -89,6 +89,29 @@ Attack = Literal["ignore_roleplay", "neutral_assistant", "as_you_normally_would"
 Condition = Literal["feel", "like", "random"]
 
 
+# -- keys: only ever by variable name in files ----------------------------------------------------
+
+SECRET_WORDS = ("key", "keys", "token", "secret", "secrets", "password", "passwd", "credential", "credentials")
+ENV_REF = re.compile(r"^\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?$")
+
+
+def is_secret_option(name: str) -> bool:
+    """Backend options that hold credentials: api_key, apiKey, api_keys, hf_token, authToken,
+    client_secret, password ... (but not max_tokens or token_budget)."""
+    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower().replace("-", "_").split("_")
+    last = words[-1]
+    return (last in SECRET_WORDS or last.endswith(("key", "keys", "token", "secret", "password"))
+            or any(w in ("apikey", "secret", "password") for w in words))
+
+
+def resolve_option(name: str, value: object) -> object:
+    """A secret option may name an environment variable (`${MY_KEY}` or `$MY_KEY`): read it here,
+    at the last moment, so recipes and run folders only ever hold the variable's name."""
+    if is_secret_option(name) and isinstance(value, str) and (m := ENV_REF.match(value.strip())):
+        return env(m.group(1))
+    return value
+
+
 class _Cfg(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -98,6 +121,16 @@ class ModelsConfig(_Cfg):
     student: str = Field(default_factory=lambda: default_model("student"), description="The model being trained; answers plainly (rejected).")
     judge: str = Field(default_factory=lambda: default_model("judge"), description="Scores and drafts (evaluation).")
     options: dict[str, dict] = Field(default_factory=dict, description="Backend options per model spec, e.g. base_url, fallback.")
+
+    @field_validator("options")
+    @classmethod
+    def _no_literal_keys(cls, v: dict) -> dict:
+        for spec, opts in v.items():
+            for k, value in (opts or {}).items():
+                if is_secret_option(k) and not (isinstance(value, str) and ENV_REF.match(value.strip())):
+                    raise ValueError(f"{spec}.{k}: a literal key; write it as ${{VARIABLE}} and set the variable in "
+                                     "the environment or .env (keys are never written to run folders)")
+        return v
 
     @field_validator("teacher", "student", "judge")
     @classmethod
@@ -141,9 +174,26 @@ class DistillConfig(_Cfg):
     drop_truncated: bool = Field(True, description="Drop pairs where either answer hit the token limit.")
 
 
+ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
+MLP = {"gate_proj", "up_proj", "down_proj"}
+
+
+def tinker_layers(target_modules: str | list[str]) -> dict[str, bool]:
+    """Our target_modules as Tinker's switches: all-linear, the four attention projections, the three
+    MLP projections, or both sets; anything else cannot be expressed there."""
+    if target_modules == "all-linear":
+        return {"train_attn": True, "train_mlp": True}
+    mods = set([target_modules] if isinstance(target_modules, str) else target_modules)
+    if mods in (ATTENTION, MLP, ATTENTION | MLP):
+        return {"train_attn": ATTENTION <= mods, "train_mlp": MLP <= mods}
+    raise ValueError(f"target_modules={sorted(mods)}: Tinker trains whole layer kinds only; use all-linear, "
+                     f"the attention projections {sorted(ATTENTION)}, the MLP projections {sorted(MLP)}, or both")
+
+
 class TrainConfig(_Cfg):
     rank: int = Field(32, ge=1, description="LoRA rank (seeds: DPO 32, SFT 256; paper: 64).")
-    alpha: int = Field(64, ge=1, description="LoRA alpha; scaling is alpha / rank.")
+    alpha: int | None = Field(None, ge=1, description="LoRA alpha; scaling is alpha / rank (unset: 2 x rank). "
+                              "Not for Tinker, whose adapters carry their own.")
     dropout: float = Field(0.0, ge=0, lt=1)
     target_modules: str | list[str] = Field("all-linear", description="Modules to adapt; 'all-linear' = every linear layer.")
     lr: float = Field(1e-4, gt=0, description="Learning rate (LoRA wants ~10x full fine-tuning rates).")
@@ -164,9 +214,22 @@ class TrainConfig(_Cfg):
 
     @model_validator(mode="after")
     def _remote(self) -> "TrainConfig":
-        if self.backend == "tinker" and (self.num_processes > 1 or self.load_in_4bit):
+        if self.backend != "tinker":
+            return self
+        if self.num_processes > 1 or self.load_in_4bit:
             raise ValueError("num_processes and load_in_4bit are for local training; Tinker runs remotely")
+        # Tinker's LoRA takes a rank and which layer kinds to train, nothing else (tinker-api reference §9)
+        if self.alpha is not None:
+            raise ValueError(f"alpha={self.alpha}: Tinker has no LoRA alpha setting (its adapters carry their own); "
+                             "remove alpha for backend: tinker")
+        if self.dropout:
+            raise ValueError(f"dropout={self.dropout}: Tinker has no LoRA dropout; set dropout: 0")
+        tinker_layers(self.target_modules)  # raises for a module list Tinker cannot express
         return self
+
+    @property
+    def lora_alpha(self) -> int:
+        return self.alpha if self.alpha is not None else 2 * self.rank
 
 
 class IntrospectConfig(_Cfg):
@@ -215,7 +278,7 @@ class RecipeConfig(_Cfg):
     distill: DistillConfig = Field(default_factory=DistillConfig)
     dpo: TrainConfig = Field(default_factory=TrainConfig)
     introspect: IntrospectConfig = Field(default_factory=IntrospectConfig)
-    sft: TrainConfig = Field(default_factory=lambda: TrainConfig(rank=64, alpha=128))
+    sft: TrainConfig = Field(default_factory=lambda: TrainConfig(rank=64))
     merge: MergeConfig = Field(default_factory=MergeConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
 
@@ -287,24 +350,6 @@ def config_hash(section: BaseModel | dict) -> str:
     from .types import stable_id
     data = section.model_dump() if isinstance(section, BaseModel) else section
     return stable_id(data)
-
-
-# api_key, apikey, hf_token, access_token, client_secret, password ... (not max_tokens)
-SECRET_OPTION = re.compile(r"(^|[_\-])(api_?key|key|token|secret|password)($|[_\-])", re.IGNORECASE)
-ENV_REF = re.compile(r"^\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?$")
-
-
-def is_secret_option(name: str) -> bool:
-    """Backend options that hold credentials (api_key, token, client_secret, ...)."""
-    return bool(SECRET_OPTION.search(name))
-
-
-def resolve_option(name: str, value: object) -> object:
-    """A secret option may name an environment variable (`${MY_KEY}` or `$MY_KEY`): read it here,
-    at the last moment, so recipes and run folders only ever hold the variable's name."""
-    if is_secret_option(name) and isinstance(value, str) and (m := ENV_REF.match(value.strip())):
-        return env(m.group(1))
-    return value
 
 
 def redact_options(options: dict[str, dict]) -> dict[str, dict]:

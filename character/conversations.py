@@ -18,6 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from .constitution import Constitution, render_system_prompt
+from .inference import generate_all
 from .types import Message, Record, SamplingParams, SFTExample, stable_id
 
 
@@ -76,14 +77,14 @@ def simulate(ctx: ScenarioContext, persona: Constitution, user_system: str, assi
     msgs = [Message(role="user", content=opening(ctx))]
     for t in range(turns):
         if t % 2 == 0:
-            text = assistant.generate([[a_sys, *msgs]], sampling)[0][0].text
+            text = generate_all(assistant, [[a_sys, *msgs]], sampling)[0][0].text
             msgs.append(Message(role="assistant", content=text))
         else:  # the simulated user sees the roles flipped, its own lines as assistant turns
             flipped = [Message(role="user" if m.role == "assistant" else "assistant", content=m.content)
                        for m in msgs[1:]]
             view = [u_sys, Message(role="user", content=f"(Scenario: {ctx.description})\n{flipped[0].content}"),
                     *flipped[1:]] if flipped else [u_sys]
-            text = user.generate([view], sampling)[0][0].text
+            text = generate_all(user, [view], sampling)[0][0].text
             msgs.append(Message(role="user", content=text))
     return msgs
 

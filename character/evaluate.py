@@ -31,6 +31,7 @@ import time
 
 from tqdm import tqdm
 
+from .inference import generate_all
 from .types import EvalSample, Match, Message, PreferencePair, SamplingParams, stable_id
 
 # Written by this team: suffixes that ask the model to drop its persona.
@@ -198,7 +199,7 @@ class Evaluation:
     def section_robustness(self) -> dict:
         from .runs import write_jsonl
         attack_names = ["none", *self.e.attacks, "prefill"]
-        base_first = {p: o[0].text for p, o in zip(self.prompts, self.model("base").generate(
+        base_first = {p: o[0].text for p, o in zip(self.prompts, generate_all(self.model("base"),
             [[Message(role="user", content=p)] for p in self.prompts], self.params), strict=True)}
         jobs = []  # (method, attack, prompt, conversation)
         for method in METHODS:
@@ -215,7 +216,7 @@ class Evaluation:
         answers: dict[int, str] = {}
         for which in tqdm(("base", "trained"), desc="robustness", unit="model"):  # one batched call per model
             idx = [i for i, j in enumerate(jobs) if MODEL_OF[j[0]] == which]
-            outs = self.model(which).generate([jobs[i][3] for i in idx], self.params)
+            outs = generate_all(self.model(which), [jobs[i][3] for i in idx], self.params)
             answers.update({i: o[0].text for i, o in zip(idx, outs, strict=True)})
         texts = [answers[i] for i in range(len(jobs))]
         samples = [EvalSample(id=stable_id(m, a, p, self.seed), task="robustness", method=m, prompt=p, response=o,
@@ -299,7 +300,7 @@ class Evaluation:
             backend, _ = self.method(method)
             firsts = [[Message(role="user", content=p), Message(role="assistant", content=plain[(method, p)]),
                        Message(role="user", content=FOLLOW_UP)] for p in self.prompts[:self.e.conversations]]
-            seconds = backend.generate(firsts, self.params)
+            seconds = generate_all(backend, firsts, self.params)
             convs_by_method[method] = [c + [Message(role="assistant", content=o[0].text)]
                                        for c, o in zip(firsts, seconds, strict=True)]
         evaluators = {}

@@ -21,6 +21,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .constitution import Constitution, render_system_prompt
+from .inference import generate_all
 from .types import IntrospectionExample, Message, SamplingParams, SFTExample, stable_id
 
 # Written by this team (the paper's ten prompts cover the same ground: letters, biography, drives).
@@ -64,12 +65,16 @@ def view(utterances: list[str], speaker: int, system: str) -> list[Message]:
     return msgs
 
 
-def reflections(c: Constitution, model, prompts: list[str], k: int, sampling: SamplingParams) -> list[SFTExample]:
+def reflections(c: Constitution, model, prompts: list[str], k: int, sampling: SamplingParams,
+                failed: list[str] | None = None) -> list[SFTExample]:
+    """K answers per prompt; requests that failed after their retries go to `failed` (reasons)."""
     convs = [[Message(role="system", content=reflection_system(c)), Message(role="user", content=p)] for p in prompts]
     outs = model.generate(convs, sampling.model_copy(update={"n": k}))
     rows = []
     for p, out in zip(prompts, outs):
         for j, comp in enumerate(out):
+            if comp.finish_reason == "error" and failed is not None:
+                failed.append(comp.error or "request failed")
             if comp.finish_reason != "error" and comp.text.strip():
                 rows.append(SFTExample(id=stable_id("reflection", p, j, sampling.seed), kind="reflection",
                                        constitution=c.name, model=model.name,
@@ -78,8 +83,10 @@ def reflections(c: Constitution, model, prompts: list[str], k: int, sampling: Sa
     return rows
 
 
-def interactions(c: Constitution, model, n: int, turns: int, sampling: SamplingParams, seed: int) -> list[SFTExample]:
-    """`n` self-conversations of `turns` utterances; the opener counts as the first utterance."""
+def interactions(c: Constitution, model, n: int, turns: int, sampling: SamplingParams, seed: int,
+                 failed_out: list[str] | None = None) -> list[SFTExample]:
+    """`n` self-conversations of `turns` utterances; the opener counts as the first utterance.
+    A conversation with a request that failed after its retries is left out (reason in `failed_out`)."""
     rng = random.Random(seed)
     system = interaction_system(c)
     convs = [[rng.choice(OPENERS)] for _ in range(n)]
@@ -90,6 +97,8 @@ def interactions(c: Constitution, model, n: int, turns: int, sampling: SamplingP
                               sampling.model_copy(update={"seed": (sampling.seed or 0) + t}))
         for i, (u, out) in enumerate(zip(convs, outs)):
             if out[0].finish_reason == "error":
+                if i not in failed and failed_out is not None:
+                    failed_out.append(out[0].error or "request failed")
                 failed.add(i)
             u.append(out[0].text.strip() or "...")
     rows = []
@@ -112,10 +121,10 @@ def thinking(c: Constitution, model, questions: list[str], sampling: SamplingPar
     ask = [[Message(role="system", content=system), Message(role="user", content=(
         f"Someone asks you: \"{q}\"\nBefore answering, think briefly, in your own voice, about how your "
         "character should shape the answer. Only the thinking, no answer yet."))] for q in questions]
-    refl = [o[0].text for o in model.generate(ask, sampling)]
+    refl = [o[0].text for o in generate_all(model, ask, sampling)]
     answer = [[Message(role="system", content=system + f"\n\nYour private thoughts before answering: {r}"),
                Message(role="user", content=q)] for q, r in zip(questions, refl)]
-    ans = [o[0].text for o in model.generate(answer, sampling)]
+    ans = [o[0].text for o in generate_all(model, answer, sampling)]
     return [IntrospectionExample(id=stable_id("thinking", q, sampling.seed), prompt=q, reflection=r, answer=a,
                                  teacher_model=model.name, constitution=c.name)
             for q, r, a in zip(questions, refl, ans) if r.strip() and a.strip()]
@@ -162,17 +171,18 @@ def run(cfg, run_dir: Path) -> dict:
     done = {r.id for r in read_jsonl(sft_path, SFTExample)}
     sampling = ic.sampling.model_copy(update={"seed": cfg.seed})
     prompts = REFLECTION_PROMPTS[:ic.reflection_prompts]
+    failures: list[str] = []  # requests that failed after their retries: not saved, asked again next run
     with JsonlWriter(sft_path) as w:
         for p in tqdm(prompts, desc="self-reflection", unit="prompt"):
             if all(stable_id("reflection", p, j, sampling.seed) in done for j in range(ic.samples_per_prompt)):
                 continue
-            for row in reflections(c, model, [p], ic.samples_per_prompt, sampling):
+            for row in reflections(c, model, [p], ic.samples_per_prompt, sampling, failures):
                 if row.id not in done:
                     w.write(row)
                     done.add(row.id)
         wanted = {stable_id("interaction", i, s, cfg.seed) for i in range(ic.interactions) for s in (0, 1)}
         if ic.interactions and not wanted <= done:  # seeded: a rerun makes the same conversations again
-            for row in tqdm(interactions(c, model, ic.interactions, ic.turns, sampling, cfg.seed),
+            for row in tqdm(interactions(c, model, ic.interactions, ic.turns, sampling, cfg.seed, failures),
                             desc="self-interaction", unit="side"):
                 if row.id not in done:
                     w.write(row)
@@ -183,13 +193,11 @@ def run(cfg, run_dir: Path) -> dict:
         think = thinking(c, model, qs, sampling)
         write_jsonl(stage / "thinking.jsonl", think)
     rows = read_jsonl(sft_path, SFTExample)
-    expected = len(prompts) * ic.samples_per_prompt + 2 * ic.interactions
-    missing = expected - len({r.id for r in rows})
-    if missing > 0 and getattr(model, "stats", {}).get("failures"):
-        status.failed = missing
+    if failures:
+        status.failed = len(failures)
         write_status(stage, status)
-        raise GenerationError(f"introspect: {missing} of {expected} examples are missing because requests failed "
-                              "after retries; the rest are saved; run again to retry them")
+        raise GenerationError(f"introspect: {len(failures)} requests failed after retries ({failures[0]}); "
+                              "the rest are saved; run again to retry them")
     counts = {k: sum(r.kind == k for r in rows) for k in ("reflection", "interaction")}
     counts["thinking"] = len(think)
     status = status.model_copy(update={"state": "done", "done": len(rows) + len(think), "counts": counts,

@@ -13,7 +13,9 @@ parallel as separate processes (`--parallel N`).
 
 from __future__ import annotations
 
+import os
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -88,7 +90,7 @@ def what_changed(old: dict, new: dict) -> str:
     diffs = [f"{k} {a.get(k, '(unset)')!r} -> {b.get(k, '(unset)')!r}" for k in sorted(set(a) | set(b))
              if a.get(k) != b.get(k)]
     if not diffs:
-        return "its settings were recorded by an older version"
+        return "the same settings hash differently (recorded by another version)"
     return ", ".join(diffs[:3]) + (f" and {len(diffs) - 3} more" if len(diffs) > 3 else "")
 
 
@@ -97,6 +99,8 @@ def staleness(cfg: RecipeConfig, rdir: Path, stage: str) -> str | None:
     st = read_status(rdir / stage)
     if st is None:
         return None
+    if not st.settings:
+        return "it was made by an earlier version that did not record its settings and inputs"
     if st.config_hash != stage_hash(cfg, stage):
         return f"settings changed since it ran: {what_changed(st.settings, stage_settings(cfg, stage))}"
     if st.state == "done":
@@ -106,10 +110,12 @@ def staleness(cfg: RecipeConfig, rdir: Path, stage: str) -> str | None:
     return None
 
 
-def check_run(cfg: RecipeConfig, rdir: Path, wanted: list[str]) -> None:
-    """Refuse, before any work, a run that would continue past a stale stage or skip a missing input."""
+def check_run(cfg: RecipeConfig, rdir: Path, wanted: list[str], redo: str | None = None) -> None:
+    """Refuse, before any work, a run that would continue past a stale stage or skip a missing input.
+    `redo`: that stage and every stage after it are about to be made again (--restart)."""
     last = max(STAGES.index(s) for s in wanted)
-    for stage in STAGES[:last + 1]:
+    cut = STAGES.index(redo) if redo else len(STAGES)
+    for stage in STAGES[:min(last + 1, cut)]:
         why = staleness(cfg, rdir, stage)
         if why:
             raise StaleStageError(f"run={cfg.name!r}: stage {stage} is stale ({why}); rerun with "
@@ -118,7 +124,7 @@ def check_run(cfg: RecipeConfig, rdir: Path, wanted: list[str]) -> None:
         for up in UPSTREAM[stage]:
             if up in wanted:
                 continue
-            st = read_status(rdir / up)
+            st = read_status(rdir / up) if STAGES.index(up) < cut else None
             if not st or st.state != "done":
                 state = st.state + (f": {st.error}" if st and st.error else "") if st else "not run"
                 raise CharacterError(f"stage {stage} needs the {up} stage done first (it is {state}); "
@@ -130,7 +136,8 @@ def prepare_stage(cfg: RecipeConfig, rdir: Path, stage: str) -> None:
     st = read_status(rdir / stage) or StageStatus(stage=stage)
     write_status(rdir / stage, st.model_copy(update={
         "state": "running", "config_hash": stage_hash(cfg, stage), "settings": stage_settings(cfg, stage),
-        "inputs": {up: output_id(rdir, up) for up in UPSTREAM[stage]}, "error": None, "finished": None}))
+        "inputs": {up: output_id(rdir, up) for up in UPSTREAM[stage]}, "error": None, "finished": None,
+        "writer": os.getpid()}))
 
 
 def finish_stage(rdir: Path, stage: str) -> None:
@@ -191,10 +198,10 @@ def run_recipe(cfg: RecipeConfig, stages: list[str] | None = None, restart: bool
     preflight(cfg, wanted)
     with run_lock(rdir):
         first = restart if isinstance(restart, str) else (wanted[0] if restart else None)
+        check_run(cfg, rdir, wanted, redo=first)  # before anything is deleted
         if first:
             for s in STAGES[STAGES.index(first):]:
                 shutil.rmtree(rdir / s, ignore_errors=True)
-        check_run(cfg, rdir, wanted)
         write_atomic(rdir / "recipe.yaml", yaml.safe_dump(public_recipe(cfg), sort_keys=False))
         results, timings = {}, {}
         for stage in wanted:
@@ -241,14 +248,21 @@ def run_parallel(recipes: list[str], extra: list[str], parallel: int) -> int:
     procs: list[tuple[str, subprocess.Popen]] = []
     pending = list(recipes)
     failed = 0
-    while pending or procs:
-        while pending and len(procs) < parallel:
-            r = pending.pop(0)
-            procs.append((r, subprocess.Popen([sys.executable, "-m", "character.cli", "run", r, *extra])))
-        for r, p in list(procs):
-            if p.poll() is not None:
-                procs.remove((r, p))
-                failed += p.returncode != 0
-                print(f"{r}: {'ok' if p.returncode == 0 else f'failed ({p.returncode})'}")
-        time.sleep(0.5)
+    try:
+        while pending or procs:
+            while pending and len(procs) < parallel:
+                r = pending.pop(0)
+                procs.append((r, subprocess.Popen([sys.executable, "-m", "character.cli", "run", r, *extra])))
+            for r, p in list(procs):
+                if p.poll() is not None:
+                    procs.remove((r, p))
+                    failed += p.returncode != 0
+                    print(f"{r}: {'ok' if p.returncode == 0 else f'failed ({p.returncode})'}")
+            time.sleep(0.5)
+    except KeyboardInterrupt:  # stop the children too: each records `stopped` and keeps its finished work
+        for _, p in procs:
+            p.send_signal(signal.SIGINT)
+        for _, p in procs:
+            p.wait()
+        raise
     return 1 if failed else 0

@@ -20,6 +20,7 @@ from importlib import resources
 from pydantic import BaseModel, ConfigDict, Field
 
 from .inference.structured import StructuredFailure, generate_structured_batch
+from .inference import generate_all
 from .types import EvalSample, Match, Message, SamplingParams, stable_id
 
 CONDITIONS = {
@@ -78,7 +79,7 @@ def revealed_preferences(model, judge, prompts: list[str], traits: list[str], co
     for ci, condition in enumerate(conditions):
         for (a, b), p in zip(trait_pairs(len(prompts), traits, seed * 1000 + ci), prompts, strict=True):
             jobs.append((p, a, b, condition))
-    outs = model.generate([embody_conversation(p, a, b, c, system) for p, a, b, c in jobs], params)
+    outs = generate_all(model, [embody_conversation(p, a, b, c, system) for p, a, b, c in jobs], params)
     answers = [o[0].text for o in outs]
     rng = random.Random(seed + 7)
     swapped = [rng.random() < 0.5 for _ in jobs]

@@ -20,6 +20,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .constitution import Constitution
+from .inference import generate_all
 from .types import Message, Prompt, SamplingParams, stable_id
 
 SOURCES = ("constitution", "expanded", "templates", "generic")
@@ -105,7 +106,7 @@ def expand_questions(c: Constitution, backend, per_trait: int, seed: int = 0, ro
                         f"An assistant should show this trait: \"{t.trait}\"\nWrite {per_trait + 5} more realistic "
                         "user messages, on varied topics and of varied length, that give the assistant room to show "
                         "the trait without naming it. Numbered list, one per line.\n\nExamples:\n" + shots))]
-            text = backend.generate([conv], SamplingParams(max_tokens=40 * (per_trait + 5), temperature=0.9,
+            text = generate_all(backend, [conv], SamplingParams(max_tokens=40 * (per_trait + 5), temperature=0.9,
                                                            seed=seed + 100 * i + r))[0][0].text
             for q in parse_numbered(text):
                 if len(accepted) < per_trait and not is_near_duplicate(q, seen) and not names_persona_or_trait(q, c, t.trait):

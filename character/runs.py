@@ -165,7 +165,7 @@ def start_status(stage_path: Path, stage: str, total: int | None, config_hash: s
     keep = old.model_dump(include={"config_hash", "settings", "inputs"}) if old else {}
     if config_hash is not None:
         keep["config_hash"] = config_hash
-    status = StageStatus(stage=stage, state="running", total=total, started=time.time(), **keep)
+    status = StageStatus(stage=stage, state="running", total=total, started=time.time(), writer=os.getpid(), **keep)
     write_status(stage_path, status)
     return status
 
@@ -283,10 +283,13 @@ def lock_holder(rdir: Path) -> dict | None:
 
 
 def shown_state(rdir: Path, status: StageStatus) -> str:
-    """A stage's state as a reader should show it: `running` only while a writer holds the run."""
-    if status.state == "running" and lock_holder(rdir) is None:
+    """A stage's state as a reader should show it: `running` only while its writer holds the run."""
+    if status.state != "running":
+        return status.state
+    holder = lock_holder(rdir)
+    if holder is None or (status.writer is not None and holder.get("pid") not in (None, status.writer)):
         return "interrupted"
-    return status.state
+    return "running"
 
 
 def zip_folder(path: Path) -> bytes:

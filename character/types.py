@@ -144,6 +144,7 @@ class StageStatus(Record):
     settings: dict[str, object] = Field(default_factory=dict, description="What config_hash was computed from.")
     inputs: dict[str, str] = Field(default_factory=dict, description="Upstream stage -> the output id it consumed.")
     output: str = Field("", description="Id of what this stage made; set when it ends `done`.")
+    writer: int | None = Field(None, description="Pid of the process that ran it (for 'interrupted').")
     started: float | None = None
     finished: float | None = None
     error: str | None = None

@@ -55,6 +55,15 @@ def test_a_second_writer_is_refused_at_once_and_the_lock_dies_with_its_holder(tm
         assert lock_holder(rdir)["pid"] == os.getpid()
 
 
+def test_restart_names_a_stage_and_a_plain_restart_before_the_recipe_still_works(tmp_path, home):
+    spec = write_recipe(tmp_path, stages=["prompts"])
+    for args in (["run", "--restart", str(spec)], ["run", str(spec), "--restart", "prompts"]):
+        r = run_cli(*args, env={"CHARACTER_HOME": str(home)})
+        assert r.returncode == 0 and "[prompts] running" in r.stderr, r.stderr
+    r = run_cli("run", "--restart", env={"CHARACTER_HOME": str(home)})
+    assert r.returncode == 2 and "give at least one recipe" in r.stderr
+
+
 def test_parallel_recipes_with_one_run_name_are_refused_before_any_starts(tmp_path, home):
     a = write_recipe(tmp_path)
     (tmp_path / "b").mkdir()
@@ -85,6 +94,9 @@ def test_every_way_out_of_a_stage_is_recorded(tmp_path):
     assert shown_state(tmp_path, read_status(d)) == "interrupted"
     with run_lock(tmp_path):
         assert shown_state(tmp_path, read_status(d)) == "running"
+        # another process's stage, while this one holds the run: that writer is gone
+        write_status(d, read_status(d).model_copy(update={"writer": 1}))
+        assert shown_state(tmp_path, read_status(d)) == "interrupted"
 
 
 def test_a_failing_stage_is_named_recorded_and_exits_non_zero_and_a_rerun_retries(home, tmp_path):
@@ -141,6 +153,14 @@ def test_a_changed_setting_or_input_makes_every_later_stage_stale(home, tmp_path
     _finish_all(cfg, rdir)
     (consts / "pirate.yaml").write_text((consts / "pirate.yaml").read_text().replace("pirate", "corsair", 3))
     assert "constitution" in staleness(cfg, rdir, "prompts")
+    # --restart dpo cannot fix that: it stops before deleting anything
+    with pytest.raises(StaleStageError, match="stage prompts is stale"):
+        run_recipe(cfg, restart="dpo", say=lambda m: None)
+    assert all((rdir / s / "status.json").exists() for s in STAGES)
+    # a status written before settings were recorded says so
+    st = read_status(rdir / "merge")
+    write_status(rdir / "merge", st.model_copy(update={"settings": {}}))
+    assert "earlier version" in staleness(cfg, rdir, "merge")
 
 
 def test_a_stage_needs_its_input_done_and_a_partial_stage_keeps_its_settings(home):
@@ -177,6 +197,10 @@ def test_the_eval_cache_key_names_judge_models_constitution_and_heldout_set():
     assert cache_key(judged, 0) != key
     assert cache_key(SimpleNamespace(**{**vars(ev), "trained_id": "m2"}), 0) != key
     assert cache_key(SimpleNamespace(**{**vars(ev), "held": []}), 0) != key
+    other_base = RecipeConfig.model_validate({**TINY, "models": {"student": "hf/some/other-base"}})
+    assert cache_key(SimpleNamespace(**{**vars(ev), "cfg": other_base}), 0) != key
+    stoic = RecipeConfig.model_validate({**TINY, "constitution": "stoic"})
+    assert cache_key(SimpleNamespace(**{**vars(ev), "cfg": stoic}), 0) != key
 
 
 # -- small holes -----------------------------------------------------------------------------------
@@ -189,7 +213,9 @@ def test_trait_list_import_checks_the_name_before_writing(home, tmp_path, monkey
     for bad in ("../evil", "a/b", "/abs"):
         with pytest.raises(CharacterError, match="name="):
             state.import_trait_list(text, bad)
+    import tempfile
     assert not list(tmp_path.rglob("*evil*")) and not Path("/abs.txt").exists()
+    assert not (Path(tempfile.gettempdir()) / "evil.txt").exists()  # where "../evil" used to land
     assert state.import_trait_list(text, "brave").name == "brave"
 
 
@@ -208,18 +234,23 @@ def test_tinker_downloads_refuse_absolute_paths_dotdot_and_links(tmp_path):
 def test_keys_never_reach_recipes_run_folders_or_the_jobs_table(home, monkeypatch):
     from character import jobs
     monkeypatch.setenv("MY_KEY", "sk-from-the-environment")
+    literal = {**TINY, "models": {"teacher": "openai/m", "options": {
+        "openai/m": {"api_key": "sk-literal-secret-1", "base_url": "http://127.0.0.1:9"},
+        "openai/n": {"apiKey": "${MY_KEY}", "authToken": "tok-literal-2"}}}}
+    errors = recipe_errors(literal)  # recipes name keys by variable; a literal one is refused, naming the fix
+    assert len(errors) == 1 and "openai/m.api_key: a literal key; write it as ${VARIABLE}" in errors[0]
+    assert "sk-literal" not in errors[0]
+    public = json.dumps(public_recipe(literal))  # and would never be written anyway
+    assert "sk-literal-secret-1" not in public and "tok-literal-2" not in public and "${MY_KEY}" in public
     data = {**TINY, "stages": ["prompts"], "models": {
         "teacher": "openai/m", "student": "embedded", "judge": "embedded",
-        "options": {"openai/m": {"api_key": "sk-literal-secret-1", "base_url": "http://127.0.0.1:9"},
-                    "openai/n": {"api_key": "${MY_KEY}", "access_token": "tok-literal-2"}}}}
-    public = json.dumps(public_recipe(data))
-    assert "sk-literal-secret-1" not in public and "tok-literal-2" not in public and "${MY_KEY}" in public
+        "options": {"openai/m": {"api_key": "${MY_KEY}", "base_url": "http://127.0.0.1:9"}}}}
     assert resolve_option("api_key", "${MY_KEY}") == "sk-from-the-environment"
     assert resolve_option("max_tokens", "$MY_KEY") == "$MY_KEY"  # only credential-named options are read
-    assert "sk-literal-secret-1" not in save_recipe(data).read_text()
+    assert "${MY_KEY}" in save_recipe(data).read_text()
     run_recipe(RecipeConfig.model_validate(data), say=lambda m: None)
-    assert "sk-literal-secret-1" not in (run_dir("tiny") / "recipe.yaml").read_text()
-    assert "sk-literal-secret-1" not in (run_dir("tiny") / "prompts" / "status.json").read_text()
+    for path in (run_dir("tiny") / "recipe.yaml", run_dir("tiny") / "prompts" / "status.json"):
+        assert "sk-from-the-environment" not in path.read_text()
     args = ["run", "x.yaml", "--set", "models.options.openai/m.api_key=sk-literal-secret-1"]
     assert redact_args(args)[-1].endswith("api_key=***") and redact_args(["--max_tokens=5"]) == ["--max_tokens=5"]
     with pytest.raises(CharacterError, match="literal key"):
@@ -578,7 +609,7 @@ def test_refused_connections_are_retried_until_the_server_is_up():
             self.end_headers()
             self.wfile.write(data)
 
-    b = OpenAIBackend("m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=8, backoff_base=0.2,
+    b = OpenAIBackend("m", base_url=f"http://127.0.0.1:{port}/v1", max_retries=30, backoff_base=0.2,
                       backoff_cap=0.5, max_concurrency=1)
     started = {}
 

@@ -254,6 +254,7 @@ def test_dpo_sft_merge_through_the_fake_sdk(sdk, tok_and_path, home, tmp_path):
     # the LoRA client: the recipe's base model and rank, no unembedding
     create = [c for c in sdk.calls if c[0] == "create_lora_training_client"][0][1]
     assert create["base_model"] == path and create["rank"] == 8 and create["train_unembed"] is False
+    assert create["train_attn"] is True and create["train_mlp"] is True  # all-linear
     # the reference snapshot is taken before the first optimiser step
     names = [c[0] for c in sdk.calls]
     assert names.index("reference_snapshot") < names.index("optim_step")
@@ -335,3 +336,18 @@ def test_introspection_samples_the_dpo_model_where_it_was_trained(tmp_path):
     vcfg = cfg.model_copy(update={"models": cfg.models.model_copy(update={"student": "vllm/some/model"})})
     (tmp_path / "dpo" / "tinker.json").unlink()
     assert dpo_model(vcfg, tmp_path)[1] == {"adapter": str(tmp_path / "dpo" / "adapter")}
+
+
+def test_lora_settings_tinker_cannot_apply_are_refused_in_one_line_each():
+    from character.config import recipe_errors, tinker_layers
+    base = {"name": "tk", "constitution": "pirate", "models": {"student": "tinker/meta-llama/Llama-3.2-1B"}}
+    errors = recipe_errors({**base, "dpo": {"backend": "tinker", "alpha": 64, "dropout": 0.1},
+                            "sft": {"backend": "tinker", "target_modules": ["q_proj", "v_proj"]}})
+    assert len(errors) == 2
+    assert "dpo: alpha=64: Tinker has no LoRA alpha" in errors[0]
+    assert "sft: target_modules=['q_proj', 'v_proj']" in errors[1]
+    assert recipe_errors({**base, "dpo": {"backend": "tinker", "dropout": 0.1}})[0].endswith(
+        "dropout=0.1: Tinker has no LoRA dropout; set dropout: 0")
+    assert tinker_layers(["q_proj", "k_proj", "v_proj", "o_proj"]) == {"train_attn": True, "train_mlp": False}
+    assert tinker_layers(["gate_proj", "up_proj", "down_proj"]) == {"train_attn": False, "train_mlp": True}
+    assert recipe_errors({**base, "dpo": {"backend": "trl", "alpha": 64, "dropout": 0.1}}) == []  # local: all apply

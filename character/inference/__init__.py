@@ -17,6 +17,7 @@ import threading
 from typing import Iterator, Protocol, runtime_checkable
 
 from ..config import resolve_option
+from ..errors import GenerationError
 from ..specs import PROVIDERS, SPEC_HELP, parse_spec  # noqa: F401 - re-exported: inference.parse_spec
 from ..types import Completion, Conversation, Message, SamplingParams
 
@@ -40,10 +41,24 @@ def as_messages(conversation: Conversation | list[dict]) -> list[dict]:
     return [m.model_dump() if isinstance(m, Message) else dict(m) for m in conversation]
 
 
+def generate_all(backend: Backend, conversations: list[Conversation], params: SamplingParams,
+                 json_schema: dict | None = None) -> list[list[Completion]]:
+    """`backend.generate` for callers that need every answer: a request that failed after its
+    retries (a remote backend's finish_reason "error") fails the call with one line, instead of
+    passing on an empty answer as if it were one. Stages that keep the rest and count the failure
+    (distill, introspect) call `generate` themselves."""
+    out = backend.generate(conversations, params, json_schema=json_schema)
+    failed = [c for row in out for c in row if c.finish_reason == "error"]
+    if failed:
+        raise GenerationError(f"model={backend.name!r}: {len(failed)} of {sum(len(r) for r in out)} requests failed "
+                              f"after retries ({failed[0].error}); finished work is saved, run again to retry")
+    return out
+
+
 def generate_text(backend: Backend, conversations: list[Conversation],
                   params: SamplingParams | None = None) -> list[str]:
     """First completion's text for each conversation."""
-    out = backend.generate(conversations, params or SamplingParams())
+    out = generate_all(backend, conversations, params or SamplingParams())
     return [c[0].text for c in out]
 
 

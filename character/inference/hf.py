@@ -15,6 +15,7 @@ from typing import Iterator
 from ..errors import MissingDependencyError, ModelSpecError
 from ..types import Completion, Conversation, SamplingParams
 from . import as_messages
+from .scoring import response_token_ids
 
 try:
     import torch
@@ -196,19 +197,9 @@ class HFBackend:
             resps = responses[start:start + self.batch_size]
             seqs, n_prompt = [], []
             for conv, resp in zip(convs, resps):
-                msgs = as_messages(conv)
-                prompt = self.tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-                full = self.tokenizer.apply_chat_template(msgs + [{"role": "assistant", "content": resp}],
-                                                          tokenize=False)
-                if not full.startswith(prompt):  # templates that rewrite history; score the text
-                    full = prompt + resp
-                p_ids = self.tokenizer(prompt, add_special_tokens=False).input_ids
-                f_ids = self.tokenizer(full, add_special_tokens=False).input_ids
-                eos = self.tokenizer.eos_token_id
-                if eos in f_ids[len(p_ids):]:  # score up to end-of-turn, not the template's trailing newline
-                    f_ids = f_ids[:f_ids.index(eos, len(p_ids)) + 1]
+                f_ids, n = response_token_ids(self.tokenizer, conv, resp)
                 seqs.append(f_ids)
-                n_prompt.append(len(p_ids))
+                n_prompt.append(n)
             width = max(len(s) for s in seqs)
             pad = self.tokenizer.pad_token_id
             ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self.device)

@@ -179,6 +179,8 @@ class OpenAIBackend:
             except openai.NotFoundError as e:
                 raise ModelSpecError(f"model={self.name!r}: the server does not know this model "
                                      f"({_short(e)}); check the model name") from None
+            except openai.APIStatusError as e:  # 402, 403, 413, ...: this request, not the next ones
+                return self._failed(f"HTTP {e.status_code}: {_short(e)}")
             except _Exhausted as e:
                 return self._failed(f"still failing after {self.max_retries} retries"
                                     f"{' and fallback' if self.fallback else ''} ({_short(e.last)})")

@@ -94,6 +94,10 @@ def generate_structured_batch(backend: Backend, conversations: list[Conversation
         still = []
         for i, out in zip(pending, outs):
             raw = use_prefill + out[0].text
+            if out[0].finish_reason == "error":  # the request itself failed after its retries
+                last_raw[i], last_err[i] = "", out[0].error or "request failed"
+                still.append(i)
+                continue
             try:
                 results[i] = parse_as(schema, raw)
             except (ValueError, ValidationError) as e:

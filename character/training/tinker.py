@@ -33,7 +33,7 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from ..config import env
+from ..config import env, tinker_layers
 from ..errors import CharacterError, MissingDependencyError, MissingKeyError
 from ..types import PreferencePair, SFTExample
 
@@ -143,8 +143,9 @@ def _client(base: str, cfg, init_state: str | None):
     if init_state:  # continue from earlier weights with a fresh optimizer
         tc = sc.create_training_client_from_state(init_state).result()
     else:
-        tc = sc.create_lora_training_client(base_model=base, rank=cfg.rank, seed=cfg.seed,
-                                            train_unembed=False).result()
+        # PEFT's all-linear leaves out lm_head, so no unembedding LoRA here either
+        tc = sc.create_lora_training_client(base_model=base, rank=cfg.rank, seed=cfg.seed, train_unembed=False,
+                                            **tinker_layers(cfg.target_modules)).result()
     return sc, rest, tc
 
 

@@ -23,7 +23,7 @@ LogFn = Callable[[int, dict], None]
 
 
 def lora_config(cfg) -> LoraConfig:
-    return LoraConfig(r=cfg.rank, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+    return LoraConfig(r=cfg.rank, lora_alpha=cfg.lora_alpha, lora_dropout=cfg.dropout,
                       target_modules=cfg.target_modules, bias="none", task_type="CAUSAL_LM")
 
 
@@ -32,7 +32,9 @@ def trainer_args(cfg, out_dir: Path, kind: str):
     from trl import DPOConfig, SFTConfig
     common = dict(output_dir=str(out_dir / "trainer"), learning_rate=cfg.lr, num_train_epochs=cfg.epochs,
                   per_device_train_batch_size=cfg.batch_size, gradient_accumulation_steps=cfg.grad_accum,
-                  max_length=cfg.max_length, warmup_steps=cfg.warmup_ratio, lr_scheduler_type="cosine",
+                  max_length=cfg.max_length, lr_scheduler_type="cosine",
+                  # transformers >= 5 reads a float below 1 as a share of the steps (warmup_ratio is deprecated)
+                  warmup_steps=cfg.warmup_ratio,
                   seed=cfg.seed, logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=False,
                   bf16=torch.cuda.is_available() and torch.cuda.is_bf16_supported(),
                   use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0)

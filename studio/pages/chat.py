@@ -2,6 +2,7 @@
 
 import streamlit as st
 
+from character.errors import CharacterError
 from character.types import Message, SamplingParams
 from studio import state
 
@@ -34,5 +35,15 @@ if text:
             history[name].append(Message(role="user", content=text))
             st.chat_message("user").write(text)
             conv = ([Message(role="system", content=system)] if system else []) + history[name]
-            reply = st.chat_message("assistant").write_stream(state.backend(spec).stream(conv, params))
-            history[name].append(Message(role="assistant", content=reply if isinstance(reply, str) else "".join(reply)))
+            received: list[str] = []
+
+            def pieces(spec=spec, conv=conv, received=received):
+                try:
+                    for piece in state.backend(spec).stream(conv, params):
+                        received.append(piece)
+                        yield piece
+                except CharacterError as e:  # a broken stream: keep what arrived, say what happened
+                    st.warning(f"{e}; the {len(''.join(received))} characters that arrived are kept")
+
+            st.chat_message("assistant").write_stream(pieces())
+            history[name].append(Message(role="assistant", content="".join(received)))

@@ -3,6 +3,7 @@ weights, export the pairs, download as a zip."""
 
 import streamlit as st
 
+from character.errors import CharacterError
 from studio import state
 
 st.title("Checkpoints")
@@ -29,9 +30,12 @@ if any(c["kind"] in ("dpo", "sft") for c in cks):
     w_sft = b.number_input("SFT weight", -2.0, 2.0, 0.25, 0.05, key="ck_wsft")
     busy = state.busy_reason(run)
     if st.button("Merge", key="ck_merge", disabled=busy is not None, help=busy):
-        job = state.launch(run, "merge", ["merge", state.recipe_path(run), "--restart", "--set",
-                                          f"merge.weights=[{w_dpo},{w_sft}]"])
-        st.info(f"Merging as job {job.id}.")
+        try:
+            job = state.launch(run, "merge", ["merge", state.recipe_path(run), "--restart", "--set",
+                                              f"merge.weights=[{w_dpo},{w_sft}]"])
+            st.info(f"Merging as job {job.id}.")
+        except CharacterError as e:
+            st.error(str(e))
     if busy:
         st.caption(f"Merge is off while {busy}.")
     fmt = st.selectbox("Export the preference pairs as", ["trl", "openai-dpo", "openai-sft", "together"],

@@ -3,6 +3,7 @@ robustness, judges and the report card; compare runs side by side."""
 
 import streamlit as st
 
+from character.errors import CharacterError
 from studio import state
 
 st.title("Evaluation")
@@ -14,8 +15,11 @@ run = st.selectbox("Run", runs, key="ev_run")
 a, b = st.columns([1, 3])
 busy = state.busy_reason(run)
 if a.button("Run evaluation", key="ev_go", disabled=busy is not None, help=busy):
-    job = state.launch(run, "eval", ["eval", "run", "--", run])
-    st.info(f"Evaluating as job {job.id}; finished sections are kept if it stops.")
+    try:
+        job = state.launch(run, "eval", ["eval", "run", "--", run])
+        st.info(f"Evaluating as job {job.id}; finished sections are kept if it stops.")
+    except CharacterError as e:  # another job took the run after this page was drawn
+        st.error(str(e))
 if busy:
     st.caption(f"Evaluation is off while {busy}.")
 if b.button("Write the report card", key="ev_report"):

@@ -95,7 +95,10 @@ if runs:
             busy = None if job.active else state.busy_reason(current)
             if not job.active and job.status != "done" and c.button("Resume", key=f"resume_{job.id}",
                                                                     disabled=busy is not None, help=busy):
-                state.resume(job.id)
+                try:
+                    state.resume(job.id)
+                except CharacterError as e:
+                    st.error(str(e))
             st.code(state.job_log(job, 12) or "(starting)", language=None)
         for kind, keys in (("dpo", ("loss", "rewards/margins")), ("sft", ("loss",))):
             rows = state.curves(current, kind)
