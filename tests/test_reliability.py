@@ -322,6 +322,12 @@ def _state(rdir: Path, stage: str) -> str | None:
     return st.state if st else None
 
 
+def _running_in(rdir: Path, stage: str, proc: subprocess.Popen) -> bool:
+    """The stage is running in this process (not a status left by an earlier one)."""
+    st = read_status(rdir / stage)
+    return bool(st and st.state == "running" and st.writer == proc.pid)
+
+
 @pytest.mark.slow
 def test_kill_anywhere_resume_and_get_the_uninterrupted_records(tiny_run, tmp_path):
     home, ref = tmp_path / "home", tiny_run["home"] / "runs" / "tiny"
@@ -352,11 +358,12 @@ def test_kill_anywhere_resume_and_get_the_uninterrupted_records(tiny_run, tmp_pa
 
     # DPO: killed after its first logged step
     p = _start(["run", str(spec)], home)
-    _kill_when(p, lambda: _lines(rdir / "dpo" / "metrics.jsonl") >= 1, "a DPO step")
+    _kill_when(p, lambda: _running_in(rdir, "dpo", p) and _lines(rdir / "dpo" / "metrics.jsonl") >= 1, "a DPO step")
     assert _state(rdir, "dpo") == "running"
     # introspection: killed after its first saved example
     p = _start(["run", str(spec)], home)
-    _kill_when(p, lambda: _lines(rdir / "introspect" / "sft.jsonl") >= 1, "an introspection example")
+    _kill_when(p, lambda: _running_in(rdir, "introspect", p) and _lines(rdir / "introspect" / "sft.jsonl") >= 1,
+               "an introspection example")
     r = run_cli("run", str(spec), env={"CHARACTER_HOME": str(home)})
     assert r.returncode == 0, r.stderr[-3000:]
 
