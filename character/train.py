@@ -101,9 +101,12 @@ def _launch(cfg, run_dir: Path, kind: str) -> tuple[dict, dict, list[str]]:
     out = run_dir / kind / "result.json"
     out.unlink(missing_ok=True)
     import torch
-    strategy = tcfg.distributed if torch.cuda.is_available() else "cpu"
-    cmd = [exe, "launch", "--config_file", str(accelerate_config(strategy)),
-           "--num_processes", str(tcfg.num_processes), "-m", "character.train", str(run_dir), kind]
+    if torch.cuda.is_available():
+        cmd = [exe, "launch", "--config_file", str(accelerate_config(tcfg.distributed)),
+               "--num_processes", str(tcfg.num_processes), "-m", "character.train", str(run_dir), kind]
+    else:  # several CPU processes over gloo: accelerate's MULTI_CPU launcher wants MPI, torchrun does not
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node",
+               str(tcfg.num_processes), "-m", "character.train", str(run_dir), kind]
     if subprocess.run(cmd).returncode != 0 or not out.exists():
         raise CharacterError(f"{kind}: the {tcfg.num_processes}-process training failed; see the log above "
                              f"(command: {' '.join(cmd)})")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 import torch
 
 from character.config import TrainConfig
@@ -139,3 +140,34 @@ def test_merged_model_loads_in_plain_transformers(dpo_run, base, tmp_path):
     ids = plain_tok("Hello", return_tensors="pt").input_ids
     out = plain.generate(ids, max_new_tokens=5, do_sample=False)
     assert out.shape[1] == ids.shape[1] + 5
+
+
+@pytest.mark.slow
+def test_two_cpu_processes_save_a_complete_adapter_like_one(tmp_path):
+    """`dpo.num_processes: 2` without a GPU: torchrun, gloo, the trainer's collective save on every rank."""
+    from safetensors.torch import load_file
+
+    from character import train
+    from character.config import RecipeConfig
+    from character.runs import read_json, write_jsonl
+    from character.types import PreferencePair
+    pairs = [PreferencePair(id=f"{i:016x}", prompt=f"Question {i}: how do I cook rice?",
+                            chosen=f"Arr, matey {i}! Boil the rice, ye landlubber.", rejected=f"Boil water, add rice {i}.",
+                            constitution="pirate", teacher_model="t", student_model="s", heldout=i % 4 == 0)
+             for i in range(8)]
+    adapters = {}
+    for n in (1, 2):
+        cfg = RecipeConfig.model_validate({"name": f"mp{n}", "constitution": "pirate", "dpo": {
+            "rank": 4, "epochs": 1, "batch_size": 2, "max_length": 64, "num_processes": n, "warmup_ratio": 0.0}})
+        rdir = tmp_path / f"mp{n}"
+        write_jsonl(rdir / "distill" / "pairs.jsonl", pairs)
+        (rdir / "recipe.yaml").write_text(yaml.safe_dump(cfg.model_dump()))
+        res = train.run(cfg, rdir, "dpo")
+        assert res["adapter_max_change"] > 0
+        adapters[n] = load_file(str(rdir / "dpo" / "adapter" / "adapter_model.safetensors"))
+        steps = read_json(rdir / "dpo" / "checkpoint.json")["metrics"]["steps"]
+        assert steps == (3 if n == 1 else 2)  # 6 training pairs, 2 a step on each process: the data was split
+    one, two = adapters[1], adapters[2]
+    assert one.keys() == two.keys() and len(one) > 0
+    assert all(one[k].shape == two[k].shape and torch.isfinite(two[k]).all() for k in one)
+    assert sum(float(two[k].abs().sum()) for k in two if "lora_B" in k) > 0  # trained, not the zero init

@@ -143,11 +143,15 @@ def train_sft(examples: list[SFTExample], base: str, cfg, out_dir: Path, log_met
 
 def _finish(trainer, tokenizer, before: dict, cb: _Metrics, out_dir: Path) -> dict:
     after = _adapter_state(trainer.model)
-    change = max((after[k] - before[k]).abs().max().item() for k in before)
+    # this rank's part only: under ZeRO-3 or FSDP a rank may hold an empty shard of a tensor
+    change = max([(after[k] - before[k]).abs().max().item() for k in before if before[k].numel()] or [0.0])
     adapter = out_dir / "adapter"
+    # Every rank calls the trainer's own save: under ZeRO-3 and FSDP the LoRA weights are partitioned, and
+    # save_model gathers them (a rank-0-only save_pretrained would write its shard); only rank 0 writes.
+    trainer.save_model(str(adapter))
     if trainer.accelerator.is_main_process:
-        trainer.model.save_pretrained(adapter)
         tokenizer.save_pretrained(adapter)
+        (adapter / "training_args.bin").unlink(missing_ok=True)  # the trainer's pickle; not part of an adapter
     losses = [h["loss"] for h in cb.history if "loss" in h]
     k = max(1, len(losses) // 4)
     return {"steps": trainer.state.global_step, "adapter_max_change": change,
