@@ -110,6 +110,33 @@ def staleness(cfg: RecipeConfig, rdir: Path, stage: str) -> str | None:
     return None
 
 
+def legacy_hash(cfg: RecipeConfig, stage: str) -> str:
+    """The settings hash the version before provenance recorded, for the same recipe."""
+    if stage == "distill":
+        return config_hash({"distill": cfg.distill.model_dump(), "models": cfg.models.model_dump(),
+                            "constitution": cfg.constitution})
+    return config_hash(getattr(cfg, stage))
+
+
+def adopt_legacy(cfg: RecipeConfig, rdir: Path) -> list[str]:
+    """Finished stages written before settings and inputs were recorded are adopted when their old
+    settings hash matches this recipe (the check that version made), in pipeline order, so an upgrade
+    does not force a rerun; the rest stay unrecorded and are reported stale."""
+    adopted = []
+    for stage in STAGES:
+        st = read_status(rdir / stage)
+        if not st or st.settings or st.state != "done":
+            continue
+        if st.config_hash != legacy_hash(cfg, stage) or any(not output_id(rdir, up) for up in UPSTREAM[stage]):
+            break
+        write_status(rdir / stage, st.model_copy(update={
+            "config_hash": stage_hash(cfg, stage), "settings": stage_settings(cfg, stage),
+            "inputs": {up: output_id(rdir, up) for up in UPSTREAM[stage]}}))
+        finish_stage(rdir, stage)
+        adopted.append(stage)
+    return adopted
+
+
 def check_run(cfg: RecipeConfig, rdir: Path, wanted: list[str], redo: str | None = None) -> None:
     """Refuse, before any work, a run that would continue past a stale stage or skip a missing input.
     `redo`: that stage and every stage after it are about to be made again (--restart)."""
@@ -198,6 +225,9 @@ def run_recipe(cfg: RecipeConfig, stages: list[str] | None = None, restart: bool
     preflight(cfg, wanted)
     with run_lock(rdir):
         first = restart if isinstance(restart, str) else (wanted[0] if restart else None)
+        adopted = adopt_legacy(cfg, rdir)
+        if adopted:
+            say(f"recorded the settings of {', '.join(adopted)} (made by an earlier version with this recipe's settings)")
         check_run(cfg, rdir, wanted, redo=first)  # before anything is deleted
         if first:
             for s in STAGES[STAGES.index(first):]:

@@ -163,6 +163,21 @@ def test_a_changed_setting_or_input_makes_every_later_stage_stale(home, tmp_path
     assert "earlier version" in staleness(cfg, rdir, "merge")
 
 
+def test_runs_from_before_provenance_are_adopted_only_where_their_old_hash_matches(home):
+    from character.pipeline import adopt_legacy, legacy_hash
+    from character.types import StageStatus
+    cfg = RecipeConfig.model_validate(TINY)
+    rdir = run_dir("tiny")
+    for s in STAGES:  # what the earlier version wrote: its own hash, no settings, no inputs
+        h = legacy_hash(cfg, s) if s != "sft" else "made-with-other-sft-settings"
+        write_status(rdir / s, StageStatus(stage=s, state="done", config_hash=h, started=1.0, finished=2.0))
+    assert adopt_legacy(cfg, rdir) == ["prompts", "distill", "dpo", "introspect"]
+    check_run(cfg, rdir, ["introspect"])
+    assert read_status(rdir / "dpo").inputs == {"distill": read_status(rdir / "distill").output}
+    with pytest.raises(StaleStageError, match="stage sft is stale.*earlier version"):
+        check_run(cfg, rdir, ["merge"])
+
+
 def test_a_stage_needs_its_input_done_and_a_partial_stage_keeps_its_settings(home):
     cfg = RecipeConfig.model_validate(TINY)
     rdir = run_dir("tiny")
