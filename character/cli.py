@@ -5,6 +5,7 @@
     character prompts|distill|introspect|merge RECIPE;  character train dpo|sft RECIPE
     character chat [RUN_OR_MODEL] [--compare base] [--system TEXT | --constitution NAME] [-m MESSAGE]
     character report RUN;  character export RUN --format trl|openai-sft|openai-dpo|together --out FILE
+    character export RUN --format gguf [--quant f32|f16|q8_0]
     character studio
 """
 
@@ -244,6 +245,10 @@ def cmd_export(args) -> int:
     from .distill import EXPORTERS
     from .runs import read_jsonl, run_dir, write_atomic
     from .types import PreferencePair
+    if args.format == "gguf":
+        return export_gguf_cmd(args)
+    if not args.out:
+        raise CharacterError(f"out: --format {args.format} writes a JSONL file; give --out FILE")
     pairs = read_jsonl(run_dir(args.run) / "distill" / "pairs.jsonl", PreferencePair)
     if not pairs:
         raise CharacterError(f"run={args.run!r}: no pairs to export; run the distill stage first")
@@ -257,6 +262,28 @@ def cmd_export(args) -> int:
     else:
         write_atomic(out, text)
     print(f"wrote {len(pairs)} rows to {args.out} ({args.format})")
+    return 0
+
+
+def export_gguf_cmd(args) -> int:
+    """The run's merged model as GGUF + Ollama Modelfile (default: runs/<run>/export/)."""
+    from .gguf_export import export_gguf
+    from .runs import read_status, run_dir, run_lock
+    rdir = run_dir(args.run)
+    st = read_status(rdir / "merge")
+    if not (rdir / "merge" / "model" / "config.json").exists() or not st or st.state != "done":
+        raise CharacterError(f"run={args.run!r}: no finished merged model to export; run the pipeline through merge")
+    out = Path(args.out).resolve() if args.out else rdir / "export" / f"{args.run}-{args.quant}.gguf"
+    _progress(f"writing {out} ({args.quant}) ...")
+    if out.is_relative_to(rdir.resolve()):
+        with run_lock(rdir):
+            export_gguf(rdir / "merge" / "model", out, args.quant)
+    else:
+        export_gguf(rdir / "merge" / "model", out, args.quant)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.0f} MB) and {out.parent / 'Modelfile'}\n"
+          f"serve it:  python -m llama_cpp.server --model {out}   (then openai/<any-name> with OPENAI_BASE_URL="
+          "http://localhost:8000/v1)\n"
+          f"or Ollama: cd {out.parent} && ollama create {args.run} -f Modelfile && ollama run {args.run}")
     return 0
 
 
@@ -516,10 +543,13 @@ def build_parser() -> argparse.ArgumentParser:
     rp.add_argument("--out", help="folder for report.html and report.md")
     rp.set_defaults(func=cmd_report)
 
-    ex = sub.add_parser("export", help="export a run's preference pairs for other trainers")
+    ex = sub.add_parser("export", help="export a run's preference pairs for other trainers, or its model as GGUF")
     ex.add_argument("run")
-    ex.add_argument("--format", choices=["trl", "openai-sft", "openai-dpo", "together"], default="trl")
-    ex.add_argument("--out", required=True)
+    ex.add_argument("--format", choices=["trl", "openai-sft", "openai-dpo", "together", "gguf"], default="trl")
+    ex.add_argument("--quant", choices=["f32", "f16", "q8_0"], default="f16",
+                    help="gguf: f32 (greedy answers equal transformers'), f16 (half the size), q8_0 (a quarter); "
+                         "for q4_k_m run llama.cpp's llama-quantize on the f16 file")
+    ex.add_argument("--out", help="output file (pairs formats: required; gguf: default runs/<run>/export/)")
     ex.set_defaults(func=cmd_export)
 
     s = sub.add_parser("studio", help="open the Studio web app (http://localhost:8501)")

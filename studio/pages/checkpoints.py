@@ -1,5 +1,5 @@
 """Checkpoints: every run's adapters and merged model with metadata and metrics; merge with chosen
-weights, export the pairs, download as a zip."""
+weights, export the pairs, export the merged model as GGUF, download as a zip."""
 
 import streamlit as st
 
@@ -44,3 +44,16 @@ if any(c["kind"] in ("dpo", "sft") for c in cks):
         job = state.launch(run, "export", ["export", f"--format={fmt}", f"--out={state.export_path(run, fmt)}", "--",
                                            run])
         st.info(f"Exporting to {state.export_path(run, fmt)} (job {job.id}).")
+
+if any(c["kind"] == "merged" for c in cks):
+    st.subheader("Run it elsewhere: GGUF for llama.cpp and Ollama")
+    quant = st.selectbox("Precision", ["f16", "q8_0", "f32"], key="ck_gguf_quant",
+                         help="f16: greedy answers matched transformers on our test prompts; q8_0: a quarter of f32's "
+                              "size, answers drift sooner; f32: exact.")
+    busy_gguf = state.busy_reason(run)
+    if st.button("Export GGUF", key="ck_gguf", disabled=busy_gguf is not None, help=busy_gguf):
+        try:
+            job = state.launch(run, "gguf", ["export", "--format=gguf", f"--quant={quant}", "--", run])
+            st.info(f"Writing the GGUF file and an Ollama Modelfile into the run's export/ folder (job {job.id}).")
+        except CharacterError as e:
+            st.error(str(e))
