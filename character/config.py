@@ -19,8 +19,10 @@ ENV_VARS = {
     "OPENAI_API_KEY": "",
     "OPENAI_BASE_URL": "",
     "TINKER_API_KEY": "",
+    "TOGETHER_API_KEY": "",
+    "TOGETHER_BASE_URL": "",
 }
-SECRET_VARS = ("OPENAI_API_KEY", "TINKER_API_KEY")
+SECRET_VARS = ("OPENAI_API_KEY", "TINKER_API_KEY", "TOGETHER_API_KEY")
 _loaded = False
 
 
@@ -205,7 +207,8 @@ class TrainConfig(_Cfg):
     max_length: int = Field(512, ge=16, description="Longest sequence in tokens; longer rows are truncated.")
     warmup_ratio: float = Field(0.1, ge=0, lt=1)
     seed: int = 0
-    backend: Literal["trl", "tinker"] = Field("trl", description="Training backend: trl (local) or tinker (remote).")
+    backend: Literal["trl", "tinker", "together"] = Field(
+        "trl", description="Training backend: trl (local), tinker or together (remote).")
     num_processes: int = Field(1, ge=1, description="GPUs to train on; above 1, `accelerate launch` runs the stage.")
     distributed: Literal["ddp", "fsdp", "zero3"] = Field(
         "ddp", description="Multi-GPU strategy: ddp, fsdp or zero3 (configs/accelerate/*.yaml).")
@@ -214,10 +217,16 @@ class TrainConfig(_Cfg):
 
     @model_validator(mode="after")
     def _remote(self) -> "TrainConfig":
-        if self.backend != "tinker":
+        if self.backend == "trl":
             return self
         if self.num_processes > 1 or self.load_in_4bit:
-            raise ValueError("num_processes and load_in_4bit are for local training; Tinker runs remotely")
+            raise ValueError(f"num_processes and load_in_4bit are for local training; backend {self.backend} runs "
+                             "remotely")
+        if self.backend == "together":
+            # Together's job takes whole epochs (n_epochs: int); the rest maps onto its LoRA and DPO fields
+            if self.epochs != int(self.epochs):
+                raise ValueError(f"epochs={self.epochs}: Together trains whole epochs; use 1, 2, 3, ...")
+            return self
         # Tinker's LoRA takes a rank and which layer kinds to train, nothing else (tinker-api reference §9)
         if self.alpha is not None:
             raise ValueError(f"alpha={self.alpha}: Tinker has no LoRA alpha setting (its adapters carry their own); "
@@ -281,6 +290,18 @@ class RecipeConfig(_Cfg):
     sft: TrainConfig = Field(default_factory=lambda: TrainConfig(rank=64))
     merge: MergeConfig = Field(default_factory=MergeConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _together_sft(self) -> "RecipeConfig":
+        # SFT on Together continues the DPO job's weights (from_checkpoint); a local DPO adapter cannot be sent there
+        if self.sft.backend == "together" and self.dpo.backend != "together" and "dpo" in self.stages:
+            raise ValueError(f"sft.backend=together with dpo.backend={self.dpo.backend}: SFT on Together continues "
+                             "the Together DPO job; set dpo.backend: together too, or train SFT locally (trl)")
+        if self.sft.backend == "together" and self.dpo.backend == "together" and (
+                (self.sft.rank, self.sft.lora_alpha) != (self.dpo.rank, self.dpo.lora_alpha)):
+            raise ValueError(f"sft.rank={self.sft.rank}: SFT on Together continues the DPO adapter, which keeps its "
+                             f"rank {self.dpo.rank} and alpha {self.dpo.lora_alpha}; set sft.rank and sft.alpha to match")
+        return self
 
 
 def apply_override(data: dict, item: str) -> None:

@@ -116,9 +116,9 @@ def model_card(recipe, checkpoints: dict) -> str:
 
 
 def continues_dpo(run_dir: Path) -> bool:
-    """True when the SFT adapter was trained on top of the DPO weights (the Tinker backend)."""
-    rec = run_dir / "sft" / "tinker.json"
-    return rec.exists() and bool(json.loads(rec.read_text()).get("continues_dpo"))
+    """True when the SFT adapter was trained on top of the DPO weights (the Tinker and Together backends)."""
+    recs = [run_dir / "sft" / name for name in ("tinker.json", "together.json")]
+    return any(r.exists() and bool(json.loads(r.read_text()).get("continues_dpo")) for r in recs)
 
 
 def run(cfg, run_dir: Path) -> dict:

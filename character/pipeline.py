@@ -193,6 +193,7 @@ def run_stage(cfg: RecipeConfig, rdir: Path, stage: str) -> dict:
 
 def preflight(cfg: RecipeConfig, stages: list[str]) -> None:
     """Fail at once, before any work, when a key the recipe needs is missing."""
+    from .config import ENV_REF, is_secret_option
     from .inference import parse_spec
     specs = [cfg.models.teacher, cfg.models.student] + ([cfg.models.judge] if "prompts" in stages else [])
     needs_tinker = any(parse_spec(s)[0] == "tinker" for s in specs) or any(
@@ -200,6 +201,15 @@ def preflight(cfg: RecipeConfig, stages: list[str]) -> None:
     if needs_tinker and not env("TINKER_API_KEY"):
         raise MissingKeyError("TINKER_API_KEY is not set; this recipe uses Tinker (a tinker/ model or "
                               "backend: tinker); put the key in the environment or .env")
+    if any(getattr(cfg, k).backend == "together" for k in ("dpo", "sft") if k in stages) and not env("TOGETHER_API_KEY"):
+        raise MissingKeyError("TOGETHER_API_KEY is not set; this recipe trains on Together (backend: together); "
+                              "put the key in the environment or .env")
+    for spec in specs:  # a key option written as ${VARIABLE} whose variable is empty
+        for name, value in (cfg.models.options.get(spec) or {}).items():
+            m = ENV_REF.match(value.strip()) if is_secret_option(name) and isinstance(value, str) else None
+            if m and not env(m.group(1)):
+                raise MissingKeyError(f"{m.group(1)} is not set; models.options[{spec!r}].{name} reads it; put the key "
+                                      "in the environment or .env")
 
 
 def wanted_stages(cfg: RecipeConfig, stages: list[str] | None) -> list[str]:

@@ -26,6 +26,8 @@ def student_path(spec: str, backend: str = "trl") -> str:
             return model
         raise CharacterError(f"models.student={spec!r}: the tinker backend trains a model the service offers; "
                              "name it tinker/<base-model>, e.g. tinker/meta-llama/Llama-3.1-8B-Instruct")
+    if backend == "together" and provider == "openai":  # sampled at Together, trained there, merged from the Hub
+        return model
     if provider == "embedded":
         from .inference.embedded import embedded_model_path
         return str(embedded_model_path())
@@ -62,13 +64,17 @@ def _fit(cfg, run_dir: Path, kind: str, log) -> tuple[dict, dict, list[str]]:
     tcfg = getattr(cfg, kind)
     trainer = get_trainer(tcfg.backend)
     base = student_path(cfg.models.student, tcfg.backend)
+    if tcfg.backend == "together":
+        from .training.together import remote_model
+        base = remote_model(cfg.models.student)
     stage = run_dir / kind
     if kind == "dpo":
         pairs = read_jsonl(run_dir / "distill" / "pairs.jsonl", PreferencePair)
         train, held = split(pairs, cfg.distill.heldout)
         if not train:
             raise CharacterError(f"run={run_dir.name!r}: no training pairs; run distill (or raise prompts.total)")
-        result = trainer.train_dpo(train, base, tcfg, stage, log)
+        extra = {"heldout": held} if tcfg.backend == "together" else {}  # Together evaluates them itself
+        result = trainer.train_dpo(train, base, tcfg, stage, log, **extra)
         return result, {"train_pairs": len(train), "heldout_pairs": len(held)}, []
     examples = read_jsonl(run_dir / "introspect" / "sft.jsonl", SFTExample)
     if cfg.introspect.include_thinking and (run_dir / "introspect" / "thinking.jsonl").exists():

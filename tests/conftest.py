@@ -16,7 +16,8 @@ import pytest
 ROOT = Path(__file__).resolve().parent.parent
 os.environ.setdefault("CHARACTER_MODELS", str(ROOT / "data" / "models"))
 os.environ.setdefault("CHARACTER_CONSTITUTIONS", str(ROOT / "constitutions"))
-for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "TINKER_API_KEY", "CHARACTER_TEACHER_MODEL",
+for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "TINKER_API_KEY", "TOGETHER_API_KEY", "TOGETHER_BASE_URL",
+             "CHARACTER_TEACHER_MODEL",
              "CHARACTER_STUDENT_MODEL", "CHARACTER_JUDGE_MODEL"):
     os.environ.pop(_var, None)  # tests never reach a remote API, whatever the shell has set
 

@@ -4,7 +4,7 @@
     train_sft(examples, base, cfg, out_dir, log_metrics, init_adapters) -> dict of final metrics
 
 `log_metrics(step, dict)` receives per-step numbers; backends know nothing about run files.
-Local: trl.py (TRL + PEFT). Remote: tinker.py (Tinker SDK). Each also offers
+Local: trl.py (TRL + PEFT). Remote: tinker.py (Tinker SDK), together.py (Together's fine-tuning API). Each also offers
 preference_metrics(base, adapter, heldout_pairs, beta) for the held-out check after DPO.
 """
 
@@ -20,4 +20,7 @@ def get_trainer(name: str):
     if name == "tinker":
         from . import tinker
         return tinker
-    raise CharacterError(f"backend={name!r}: unknown training backend; use trl (local) or tinker (remote)")
+    if name == "together":
+        from . import together
+        return together
+    raise CharacterError(f"backend={name!r}: unknown training backend; use trl (local), tinker or together (remote)")
