@@ -24,8 +24,9 @@ with st.form("recipe_form"):
                            "tinker/<id> with the Tinker backend).", key="tr_student")
     judge = c.text_input("Judge", "embedded", help="Scores the evaluation; use another family than the teacher.",
                          key="tr_judge")
-    backend = st.radio("Training backend", ["trl", "tinker"], horizontal=True, key="tr_backend",
-                       help="trl: local (TRL + PEFT). tinker: remote, needs TINKER_API_KEY.")
+    backend = st.radio("Training backend", ["trl", "tinker", "together"], horizontal=True, key="tr_backend",
+                       help="trl: local (TRL + PEFT). tinker: remote, needs TINKER_API_KEY. together: Together AI "
+                            "fine-tuning jobs, needs TOGETHER_API_KEY (SFT keeps the DPO rank).")
     a, b, c = st.columns(3)
     total = a.number_input("Prompts", 4, 100000, 64, help="Distillation prompts in all.", key="tr_total")
     tokens = b.number_input("Max tokens per answer", 16, 4096, 96, key="tr_tokens")
