@@ -150,12 +150,10 @@ class Evaluation:
         self.key = ""  # the cache key of this evaluation's saved sections (set by run)
 
     def model(self, which: str):
-        from .inference import get_backend, parse_spec
+        from .inference import get_backend
         if which not in self._models:
             spec = {"base": self.cfg.models.student, "trained": f"hf/{self.model_dir}", "judge": self.cfg.models.judge}
-            opts = dict(self.cfg.models.options.get(spec[which], {}))
-            if parse_spec(spec[which])[0] in ("hf", "embedded"):
-                opts.setdefault("batch_size", 16)  # on 2 CPU cores, 16 at once is ~1.5x the tokens/s of 8
+            opts = dict(self.cfg.models.options.get(spec[which], {}))  # local models pick their batch width
             self._models[which] = get_backend(spec[which], **opts)
         return self._models[which]
 

@@ -72,16 +72,24 @@ def load_model(path_or_id: str, device: str | None = None, dtype=None, load_in_4
     return tokenizer, model.eval()
 
 
+def default_batch_size(model) -> int:
+    """Sequences decoded together. Decoding a small model is bound by per-step overhead, so wide
+    batches pay: the embedded 135M model on 2 CPU cores makes 133 tokens/s at 16 and 247 at 64
+    (benchmarks/RESULTS.md). Large models keep 16 (their KV cache grows with the batch)."""
+    return 64 if sum(p.numel() for p in model.parameters()) < 1e9 else 16
+
+
 class HFBackend:
     supports_logprobs = True
     supports_prefill = True
 
     def __init__(self, model: str, name: str | None = None, adapters: list[str] | None = None,
-                 device: str | None = None, batch_size: int = 8):
+                 device: str | None = None, batch_size: int | None = None, logprob_batch_size: int = 8):
         self.name = name or f"hf/{model}"
         self.path = model
-        self.batch_size = batch_size
         self.tokenizer, self.model = load_model(model, device)
+        self.batch_size = batch_size or default_batch_size(self.model)
+        self.logprob_batch_size = logprob_batch_size  # full-vocabulary logits per row: keep these batches small
         self.device = self.model.device
         self.adapters = list(adapters or [])
         if self.adapters:
@@ -192,9 +200,10 @@ class HFBackend:
         """Per-token log-probabilities of each response (its end-of-turn token included) given
         its conversation, with the chat template applied as in training."""
         out: list[list[float]] = []
-        for start in range(0, len(conversations), self.batch_size):
-            convs = conversations[start:start + self.batch_size]
-            resps = responses[start:start + self.batch_size]
+        step = self.logprob_batch_size
+        for start in range(0, len(conversations), step):
+            convs = conversations[start:start + step]
+            resps = responses[start:start + step]
             seqs, n_prompt = [], []
             for conv, resp in zip(convs, resps):
                 f_ids, n = response_token_ids(self.tokenizer, conv, resp)

@@ -42,7 +42,10 @@ def trainer_args(cfg, out_dir: Path, kind: str):
         common["gradient_checkpointing"] = True
     if kind == "dpo":
         losses, weights = (["sigmoid", "sft"], [1.0, cfg.nll]) if cfg.nll > 0 else (["sigmoid"], [1.0])
-        return DPOConfig(beta=cfg.beta, loss_type=losses, loss_weights=weights, **common)
+        # the reference (base, adapter off) log-probs are computed once per pair before training, not every
+        # step of every epoch
+        return DPOConfig(beta=cfg.beta, loss_type=losses, loss_weights=weights, precompute_ref_log_probs=True,
+                         precompute_ref_batch_size=max(8, cfg.batch_size), **common)
     return SFTConfig(packing=False, **common)
 
 
