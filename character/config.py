@@ -297,10 +297,12 @@ class RecipeConfig(_Cfg):
         if self.sft.backend == "together" and self.dpo.backend != "together" and "dpo" in self.stages:
             raise ValueError(f"sft.backend=together with dpo.backend={self.dpo.backend}: SFT on Together continues "
                              "the Together DPO job; set dpo.backend: together too, or train SFT locally (trl)")
+        lora = ("rank", "lora_alpha", "target_modules", "dropout")
         if self.sft.backend == "together" and self.dpo.backend == "together" and (
-                (self.sft.rank, self.sft.lora_alpha) != (self.dpo.rank, self.dpo.lora_alpha)):
+                [getattr(self.sft, k) for k in lora] != [getattr(self.dpo, k) for k in lora]):
             raise ValueError(f"sft.rank={self.sft.rank}: SFT on Together continues the DPO adapter, which keeps its "
-                             f"rank {self.dpo.rank} and alpha {self.dpo.lora_alpha}; set sft.rank and sft.alpha to match")
+                             f"rank {self.dpo.rank}, alpha {self.dpo.lora_alpha}, target_modules and dropout; set the "
+                             "sft section's to match")
         return self
 
 

@@ -146,6 +146,10 @@ def dpo_model(cfg, run_dir: Path) -> tuple[str, dict]:
     record = run_dir / "dpo" / "tinker.json"
     if record.exists():
         return f"tinker/{json.loads(record.read_text())['sampler']}", options
+    together = run_dir / "dpo" / "together.json"
+    if together.exists() and parse_spec(cfg.models.student)[0] == "openai":
+        # sampled where it was trained: Together serves the fine-tuned model under its output name
+        return f"openai/{json.loads(together.read_text())['model_output_name']}", options
     adapter = run_dir / "dpo" / "adapter"
     if adapter.exists():
         if parse_spec(cfg.models.student)[0] == "vllm":

@@ -67,6 +67,7 @@ class FakeTogether:
         self.creates: list[dict] = []  # every create body that reached us
         self.fail_at: int | None = None
         self.fail_message = "the training worker ran out of GPU memory"
+        self.fail_status = "error"
         self.drop_create_answer = False
         self.ticks_per_step = 1
         self.served: dict[str, Path] = {}  # job id -> adapter folder it was served from
@@ -104,7 +105,7 @@ class FakeTogether:
             return
         step = job["_step"] = job["_step"] + 1
         if self.fail_at is not None and step >= self.fail_at:
-            job["status"] = "error"
+            job["status"] = self.fail_status
             self._event(job, "job_error", self.fail_message, level="error", step=step)
             return
         job["_metrics"].append({"global_step": float(step), "loss": 1.0 / step, "learning_rate": job["learning_rate"]})
@@ -115,7 +116,8 @@ class FakeTogether:
             job["status"] = "compressing"
 
     def _job_view(self, job: dict) -> dict:
-        return {k: v for k, v in job.items() if not k.startswith("_")}
+        return {**{k: v for k, v in job.items() if not k.startswith("_")},
+                "updated_at": time.strftime("%Y-%m-%dT%H:%M:%SZ")}
 
     # -- HTTP -------------------------------------------------------------------------------------
     def _handler(self):

@@ -79,6 +79,23 @@ def default_batch_size(model) -> int:
     return 64 if sum(p.numel() for p in model.parameters()) < 1e9 else 16
 
 
+TOKENS_PER_ROW = 128  # prompt-token budget of a batch, per row of the widest batch
+
+
+def length_batches(order: list[int], lengths: list[int], rows: int, budget: int) -> list[list[int]]:
+    """Cut length-sorted items into batches of at most `rows`, whose padded prompt (rows x longest)
+    stays within `budget` tokens: long prompts go in narrower batches, so the prompt pass is not
+    spent on padding (48 evaluation prompts of 33-473 tokens in one batch were half padding)."""
+    batches: list[list[int]] = []
+    cur: list[int] = []
+    for i in order:
+        if cur and (len(cur) == rows or (len(cur) + 1) * lengths[i] > budget):
+            batches.append(cur)
+            cur = []
+        cur.append(i)
+    return batches + ([cur] if cur else [])
+
+
 class HFBackend:
     supports_logprobs = True
     supports_prefill = True
@@ -160,7 +177,7 @@ class HFBackend:
         lengths = [len(self.tokenizer(t, add_special_tokens=False).input_ids) for t in texts]
         order = sorted(range(len(texts)), key=lambda i: lengths[i])
         results: list[Completion | None] = [None] * len(texts)
-        batches = [order[i:i + self.batch_size] for i in range(0, len(order), self.batch_size)]
+        batches = length_batches(order, lengths, self.batch_size, self.batch_size * TOKENS_PER_ROW)
         bar = None
         if progress:
             from tqdm import tqdm

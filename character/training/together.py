@@ -44,7 +44,8 @@ LogFn = Callable[[int, dict], None]
 INSTALL = "pip install -e '.[together]'"
 EMBEDDED_ID = "HuggingFaceTB/SmolLM2-135M-Instruct"  # the embedded model's name on the Hugging Face Hub
 POLL_SECONDS = 15.0
-FAILED = {"error", "cancelled", "cancel_requested"}
+ACTIVE = {"pending", "queued", "running", "compressing", "uploading"}  # anything else but completed is an end
+POLL_FAILURES = 5  # consecutive failed polls (each after the SDK's own retries) before the stage gives up
 
 
 def connect():
@@ -72,6 +73,14 @@ def remote_model(spec: str) -> str:
                          "its Hugging Face id, e.g. hf/Qwen/Qwen3-8B (or openai/<id> when you also sample it there)")
 
 
+class RemoteFailure(CharacterError):
+    """The job ended badly on Together's side."""
+
+
+def one_line(text: str) -> str:
+    return " ".join(str(text).split())[:400]
+
+
 def poll_seconds() -> float:
     return float(os.environ.get("CHARACTER_TOGETHER_POLL") or POLL_SECONDS)
 
@@ -80,13 +89,19 @@ def reason(e: Exception) -> str:
     """The provider's own words for a failed call, in one line."""
     import together
     if isinstance(e, together.APIStatusError):
-        body = e.body if isinstance(e.body, dict) else {}
+        body = e.body
+        if isinstance(body, (str, bytes)):
+            try:
+                body = json.loads(body)
+            except ValueError:
+                body = {}
+        body = body if isinstance(body, dict) else {}
         err = body.get("error", body)
         msg = err.get("message") if isinstance(err, dict) else err
-        return f"HTTP {e.status_code}: {str(msg or e.message).splitlines()[0][:300]}"
+        return f"HTTP {e.status_code}: {one_line(msg or e.message)[:300]}"
     if isinstance(e, together.APIConnectionError):
         return f"could not reach Together ({type(e).__name__})"
-    return str(e).splitlines()[0][:300] if str(e) else type(e).__name__
+    return one_line(str(e))[:300] if str(e) else type(e).__name__
 
 
 # -- the record of what exists remotely ---------------------------------------------------------
@@ -110,13 +125,13 @@ def _write_rows(path: Path, rows: list[dict]) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-def check_model(client, base: str) -> None:
+def check_model(client, base: str, label: str = "models.student") -> None:
     """Together's limits for the base model: an unknown model or a refused key stops here, in one line
     (before any upload: the SDK words a 401 on upload as a billing problem)."""
     try:
         client.fine_tuning.model_limits(model_name=base)
     except Exception as e:  # noqa: BLE001
-        raise CharacterError(f"models.student={base!r}: Together's fine-tuning service refused it ({reason(e)})") from None
+        raise CharacterError(f"{label}={base!r}: Together's fine-tuning service refused it ({reason(e)})") from None
 
 
 def _refused(e: Exception) -> bool:
@@ -132,13 +147,17 @@ def _upload(client, path: Path, what: str) -> str:
         raise CharacterError(f"{what}: Together refused the upload of {path.name} ({reason(e)})") from None
 
 
-def _find(client, training_file: str):
-    """The job made from this training file, if a create reached the service but its answer did not reach us."""
+def _find(client, training_file: str, suffix: str, kind: str):
+    """The job made from this training file under this request's tag (the suffix carries the request
+    key), if a create reached the service but its answer did not reach us. Raises when the list of jobs
+    cannot be read: creating again then could make a second job."""
     try:
         jobs = client.fine_tuning.list().data or []
-    except Exception:  # noqa: BLE001 - nothing to adopt is the safe answer; the caller reports the failure
-        return None
-    return next((j for j in jobs if j.training_file == training_file), None)
+    except Exception as e:  # noqa: BLE001
+        raise CharacterError(f"{kind}: an earlier create may have reached Together and its jobs cannot be listed "
+                             f"({reason(e)}); run the stage again") from None
+    mine = [j for j in jobs if j.training_file == training_file and suffix in (j.x_model_output_name or "")]
+    return mine[-1] if mine else None
 
 
 def _job(client, kind: str, request: dict, files: dict[str, Path], out_dir: Path) -> str:
@@ -152,12 +171,14 @@ def _job(client, kind: str, request: dict, files: dict[str, Path], out_dir: Path
     for name, path in files.items():
         if not rec.get(name):
             rec = _save(out_dir, {**rec, name: _upload(client, path, kind)})
-    if rec.get("creating"):  # an earlier create may have reached the service
-        found = _find(client, rec["training_file"])
-        if found:
-            return _save(out_dir, {**rec, "job": found.id, "creating": False})["job"]
     body = {k: v for k, v in request.items() if k not in files}
     body.update({name: rec[name] for name in files})
+    # the suffix names the run, the stage and this request, so a lost create can be told apart
+    body["suffix"] = f"{out_dir.parent.name[:22]}-{out_dir.name}-{key[:8]}"
+    if rec.get("creating"):  # an earlier create may have reached the service
+        found = _find(client, rec["training_file"], body["suffix"], kind)
+        if found:
+            return _save(out_dir, {**rec, "job": found.id, "creating": False})["job"]
     _check_price(client, kind, body)
     rec = _save(out_dir, {**rec, "creating": True})
     try:
@@ -169,7 +190,7 @@ def _job(client, kind: str, request: dict, files: dict[str, Path], out_dir: Path
         if _refused(e):
             _save(out_dir, {**rec, "creating": False})
             raise CharacterError(f"{kind}: Together refused the job ({reason(e)})") from None
-        found = _find(client, rec["training_file"])
+        found = _find(client, rec["training_file"], body["suffix"], kind)
         if found is None:
             raise CharacterError(f"{kind}: Together did not create the job ({reason(e)}); run again to retry") from None
         job = found
@@ -214,15 +235,21 @@ def poll(client, job_id: str, kind: str, log: LogFn) -> tuple[object, list[dict]
     rows: list[dict] = []
     step = 0
     bar = tqdm(desc=f"{kind} (together {job_id})", unit="step")
+    failures = 0
     try:
         while True:
             try:
                 job = client.fine_tuning.retrieve(job_id)
                 events = client.fine_tuning.list_events(job_id).data or []
                 metrics = client.fine_tuning.list_metrics(job_id).metrics or []
+                failures = 0
             except Exception as e:  # noqa: BLE001 - the SDK already retried; the job goes on without us
-                raise CharacterError(f"{kind}: lost contact with Together while waiting for job {job_id} ({reason(e)}); "
-                                     "run the stage again to resume waiting for the same job") from None
+                failures += 1
+                if failures >= POLL_FAILURES:
+                    raise CharacterError(f"{kind}: lost contact with Together while waiting for job {job_id} "
+                                         f"({reason(e)}); run the stage again to resume waiting for the same job") from None
+                time.sleep(poll_seconds() * 2 ** failures)
+                continue
             for ev in events[n_events:]:
                 if ev.total_steps:
                     bar.total = ev.total_steps
@@ -238,8 +265,9 @@ def poll(client, job_id: str, kind: str, log: LogFn) -> tuple[object, list[dict]
             bar.set_postfix_str(job.status)
             if job.status == "completed":
                 return job, rows
-            if job.status in FAILED:
-                raise CharacterError(f"{kind}: the Together job {job_id} ended {job.status}: {_failure(client, job)}")
+            if job.status not in ACTIVE:
+                raise RemoteFailure(f"{kind}: the Together job {job_id} ended {job.status}: "
+                                    f"{one_line(_failure(client, job))}; run the stage again to start a new job")
             time.sleep(poll_seconds())
     finally:
         bar.close()
@@ -248,6 +276,9 @@ def poll(client, job_id: str, kind: str, log: LogFn) -> tuple[object, list[dict]
 # -- the adapter --------------------------------------------------------------------------------
 
 def _unpack(archive: Path, dest: Path) -> None:
+    if not hasattr(tarfile, "data_filter"):
+        raise CharacterError("unpacking Together's adapter safely needs tarfile's extraction filters "
+                             "(Python 3.10.12, 3.11.4 or newer); upgrade Python")
     with open(archive, "rb") as f:
         magic = f.read(4)
     if magic[:2] == b"\x1f\x8b":
@@ -255,7 +286,7 @@ def _unpack(archive: Path, dest: Path) -> None:
             tar.extractall(dest, filter="data")
     elif magic == b"\x28\xb5\x2f\xfd":
         import zstandard
-        with open(archive, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f) as raw, \
+        with open(archive, "rb") as f, zstandard.ZstdDecompressor().stream_reader(f, read_across_frames=True) as raw, \
                 tarfile.open(fileobj=raw, mode="r|") as tar:
             tar.extractall(dest, filter="data")
     else:
@@ -264,11 +295,14 @@ def _unpack(archive: Path, dest: Path) -> None:
 
 def download_adapter(client, job_id: str, out: Path, rank: int) -> Path:
     """Fetch the job's LoRA adapter into `out` as a PEFT adapter; nothing is left half-written."""
+    for stale in out.parent.glob(".together-*"):  # left by a process killed while downloading
+        shutil.rmtree(stale, ignore_errors=True)
     work = Path(tempfile.mkdtemp(dir=out.parent, prefix=".together-"))
     try:
         archive = work / "adapter.tar"
-        try:
-            client.fine_tuning.content(ft_id=job_id, checkpoint="adapter").write_to_file(archive)
+        try:  # streamed to disk: a large model's adapter need not fit in memory
+            with client.fine_tuning.with_streaming_response.content(ft_id=job_id, checkpoint="adapter") as r:
+                r.stream_to_file(archive)
         except Exception as e:  # noqa: BLE001
             raise CharacterError(f"the adapter of Together job {job_id} could not be downloaded ({reason(e)}); "
                                  "run the stage again to retry") from None
@@ -286,8 +320,8 @@ def download_adapter(client, job_id: str, out: Path, rank: int) -> Path:
         staged.mkdir()
         for name in ("adapter_config.json", "adapter_model.safetensors"):
             shutil.copy2(src / name, staged / name)
-        if out.exists():
-            shutil.rmtree(out)
+        if out.exists():  # the old adapter stays in place until the new one is ready
+            os.replace(out, work / "old-adapter")
         os.replace(staged, out)
         return out
     finally:
@@ -305,16 +339,24 @@ def _lora(cfg) -> dict:
 def _common(cfg, out_dir: Path) -> dict:
     return {"n_epochs": int(cfg.epochs), "batch_size": cfg.batch_size, "gradient_accumulation_steps": cfg.grad_accum,
             "learning_rate": cfg.lr, "warmup_ratio": cfg.warmup_ratio, "max_seq_length": cfg.max_length,
-            "random_seed": cfg.seed, "suffix": f"{out_dir.parent.name}-{out_dir.name}"[:40]}
+            "random_seed": cfg.seed}
 
 
 def _train(kind: str, request: dict, files: dict[str, Path], cfg, out_dir: Path, log: LogFn,
            continues: str | None) -> dict:
     client = connect()
-    check_model(client, request.get("model") or request["from_checkpoint"])
+    if request.get("model"):
+        check_model(client, request["model"])
+    else:
+        check_model(client, request["from_checkpoint"], "sft.from_checkpoint (the DPO job)")
     job_id = _job(client, kind, request, files, out_dir)
     tqdm.write(f"[{kind}] Together job {job_id} (a rerun resumes it; `together fine-tuning cancel {job_id}` stops it)")
-    job, history = poll(client, job_id, kind, log)
+    try:
+        job, history = poll(client, job_id, kind, log)
+    except RemoteFailure:  # a rerun starts a new job from the same uploads; the failed one stays on record
+        rec = _record(out_dir)
+        _save(out_dir, {**rec, "job": None, "failed_jobs": rec.get("failed_jobs", []) + [job_id]})
+        raise
     download_adapter(client, job_id, out_dir / "adapter", cfg.rank)
     rec = _save(out_dir, {**_record(out_dir), "status": job.status, "model_output_name": job.x_model_output_name,
                           "continues_dpo": continues is not None, "from_checkpoint": continues})

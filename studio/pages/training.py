@@ -59,7 +59,9 @@ if launch:
             "introspect": {"reflection_prompts": int(reflections), "samples_per_prompt": 1,
                            "interactions": int(interactions), "turns": 4,
                            "sampling": {"max_tokens": int(tokens), "temperature": 0.7}},
-            "sft": {"rank": int(sft_rank), "alpha": 2 * int(sft_rank), "lr": lr, "epochs": epochs,
+            # on Together, SFT continues the DPO adapter and so keeps its rank
+            "sft": {"rank": int(dpo_rank if backend == "together" else sft_rank),
+                    "alpha": 2 * int(dpo_rank if backend == "together" else sft_rank), "lr": lr, "epochs": epochs,
                     "batch_size": int(batch), "backend": backend}}
     if quick:
         data["eval"] = {"prompts": 2, "max_tokens": 32, "preference_prompts": 2, "conditions": ["feel"],
