@@ -1,7 +1,9 @@
-"""Generation throughput on the embedded model: hf backend one-at-a-time vs batched, and the
-openai backend against a local llama.cpp server serving the same GGUF.
+"""Generation throughput on the embedded model: hf backend one-at-a-time vs batched, the openai
+backend against a local llama.cpp server serving the same GGUF, and (64 prompts) batch 16 vs 64 beside
+CTranslate2's int8 and float32 engines when `ctranslate2` is installed (`pip install ctranslate2`; it
+is not a dependency: see benchmarks/RESULTS.md for why).
 
-    .venv/bin/python benchmarks/generation.py [--prompts 16] [--max-tokens 64]
+    .venv/bin/python benchmarks/generation.py [--prompts 16] [--max-tokens 64] [--wide 64]
 
 Prints a markdown table row per setting; paste it into benchmarks/RESULTS.md with the date,
 commit and machine. Tokens/s counts generated (completion) tokens only.
@@ -40,10 +42,47 @@ def timed(backend, conversations, params):
     return tokens, dt
 
 
+def wide_rows(hf, n, params):
+    """Batch 16 vs 64 on n prompts, and CTranslate2 (converted from the cached safetensors) at 64, with
+    how many greedy answers equal transformers'."""
+    rows, ref = [], None
+    for bs in (16, 64):
+        hf.batch_size = bs
+        t = time.perf_counter()
+        ref = hf.generate(convs(n), params)
+        dt = time.perf_counter() - t
+        rows.append((f"hf (embedded), batched {bs}", n, sum(c[0].completion_tokens for c in ref), dt))
+    try:
+        import ctranslate2
+    except ImportError:
+        return rows
+    import tempfile
+
+    from character.inference.embedded import embedded_model_path
+    tok = hf.tokenizer
+    prompts = [tok.convert_ids_to_tokens(tok(hf.render(c), add_special_tokens=False).input_ids) for c in convs(n)]
+    for q in ("int8", "float32"):
+        with tempfile.TemporaryDirectory() as out:
+            ctranslate2.converters.TransformersConverter(str(embedded_model_path())).convert(out, quantization=q,
+                                                                                            force=True)
+            gen = ctranslate2.Generator(out, device="cpu", compute_type=q, intra_threads=os.cpu_count())
+            gen.generate_batch(prompts[:2], max_length=4)  # warm-up
+            t = time.perf_counter()
+            res = gen.generate_batch(prompts, max_length=params.max_tokens, sampling_topk=1, max_batch_size=64,
+                                     include_prompt_in_result=False, end_token=[tok.eos_token])
+            dt = time.perf_counter() - t
+        ids = [[i for i in r.sequences_ids[0] if i != tok.eos_token_id] for r in res]
+        same = sum(tok.decode(x, skip_special_tokens=True).strip() == o[0].text for x, o in zip(ids, ref))
+        rows.append((f"CTranslate2 {q}, batch 64 ({same}/{n} greedy answers equal transformers')", n,
+                     sum(map(len, ids)), dt))
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=16)
     ap.add_argument("--max-tokens", type=int, default=64)
+    ap.add_argument("--wide", type=int, default=64, help="prompts for the wide-batch and CTranslate2 rows (0: skip)")
     args = ap.parse_args()
     # min_tokens is not portable, so greedy decoding with a fixed prompt set keeps runs comparable.
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0)
@@ -59,6 +98,9 @@ def main():
         hf.batch_size = bs
         tok, dt = timed(hf, convs(args.prompts), params)
         rows.append((f"hf (embedded), batched {bs}", args.prompts, tok, dt))
+
+    if args.wide:
+        rows += wide_rows(hf, args.wide, params)
 
     from character.inference.embedded import gguf_path
     from character.inference.openai_compat import OpenAIBackend

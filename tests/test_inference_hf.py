@@ -110,3 +110,18 @@ def test_adapter_on_top_changes_outputs(embedded, tmp_path):
     base_lp, tuned_lp = embedded.logprobs([conv], [resp])[0], tuned.logprobs([conv], [resp])[0]
     assert len(base_lp) == len(tuned_lp)
     assert max(abs(a - b) for a, b in zip(base_lp, tuned_lp)) > 1e-3
+
+
+def test_length_batches_keep_padding_within_the_budget():
+    import random
+
+    from character.inference.hf import length_batches
+    rng = random.Random(3)
+    lengths = [rng.choice([20, 40, 300, 480]) + rng.randrange(10) for _ in range(150)]
+    order = sorted(range(len(lengths)), key=lambda i: lengths[i])
+    batches = length_batches(order, lengths, rows=64, budget=64 * 128)
+    assert [i for b in batches for i in b] == order  # every item once, in length order
+    for b in batches:
+        assert len(b) <= 64
+        assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 64 * 128
+    assert max(len(b) for b in batches) == 64 and min(len(b) for b in batches) < 20  # short rows wide, long narrow
