@@ -220,8 +220,8 @@ class TrainConfig(_Cfg):
         if self.backend == "trl":
             return self
         if self.num_processes > 1 or self.load_in_4bit:
-            raise ValueError(f"num_processes and load_in_4bit are for local training; backend {self.backend} runs "
-                             "remotely")
+            where = {"tinker": "Tinker", "together": "Together"}[self.backend]
+            raise ValueError(f"num_processes and load_in_4bit are for local training; {where} runs remotely")
         if self.backend == "together":
             # Together's job takes whole epochs (n_epochs: int); the rest maps onto its LoRA and DPO fields
             if self.epochs != int(self.epochs):
