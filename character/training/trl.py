@@ -43,8 +43,10 @@ def trainer_args(cfg, out_dir: Path, kind: str):
     if kind == "dpo":
         losses, weights = (["sigmoid", "sft"], [1.0, cfg.nll]) if cfg.nll > 0 else (["sigmoid"], [1.0])
         # the reference (base, adapter off) log-probs are computed once per pair before training, not every
-        # step of every epoch
-        return DPOConfig(beta=cfg.beta, loss_type=losses, loss_weights=weights, precompute_ref_log_probs=True,
+        # step of every epoch; one process only (TRL 1.16's precompute reads a per-rank temporary datasets cache
+        # that another rank cannot open under torchrun)
+        return DPOConfig(beta=cfg.beta, loss_type=losses, loss_weights=weights,
+                         precompute_ref_log_probs=cfg.num_processes == 1,
                          precompute_ref_batch_size=max(8, cfg.batch_size), **common)
     return SFTConfig(packing=False, **common)
 
