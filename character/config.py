@@ -89,6 +89,7 @@ Source = Literal["constitution", "expanded", "templates", "generic"]
 Attack = Literal["ignore_roleplay", "neutral_assistant", "as_you_normally_would", "no_style", "professional",
                  "be_yourself", "system_override", "brief_plain"]
 Condition = Literal["feel", "like", "random"]
+JudgeCriterion = Literal["preferences", "character", "coherence", "rubric", "evaluators"]
 
 
 # -- keys: only ever by variable name in files ----------------------------------------------------
@@ -268,6 +269,27 @@ class EvalConfig(_Cfg):
     rubric_answers: int = Field(4, ge=0, description="Answers per method scored on every constitution trait (1-5).")
     conversations: int = Field(4, ge=0, description="Two-turn conversations per method for the seeds' evaluators.")
     bootstrap_rounds: int = Field(100, ge=10, description="Bootstrap resamples for every interval.")
+    judges: dict[JudgeCriterion, str] = Field(
+        default_factory=dict, description="A judge model per criterion (preferences, character, coherence, rubric, "
+                                          "evaluators); the others use models.judge.")
+    calibration_pairs: int = Field(12, ge=4, description="Known pairs per judge criterion for its calibration check.")
+    min_trait_matches: int = Field(3, ge=1, description="Matches a trait needs (base and trained) to be listed "
+                                                        "among the traits that moved.")
+    finetuned_classifier: bool = Field(True, description="Also fine-tune the MiniLM encoder as a sequence "
+                                                         "classifier (the paper's kind) and report it beside the "
+                                                         "linear one.")
+    retention_prompts: int = Field(24, ge=0, description="Instruction-following prompts with checkable constraints "
+                                                         "(0 skips the retention section).")
+
+    @field_validator("judges")
+    @classmethod
+    def _judge_specs(cls, v: dict) -> dict:
+        for criterion, spec in v.items():
+            try:
+                parse_spec(spec)
+            except CharacterError:
+                raise ValueError(f"{criterion}: unknown model spec {spec!r}; {SPEC_HELP}") from None
+        return v
 
 
 class RecipeConfig(_Cfg):

@@ -4,10 +4,11 @@ For each held-out prompt the model under test gets two random traits from a voca
 words (`character/data/traits.txt`) and is told to answer while embodying one of them, without
 naming it. Three conditions: the trait that "feels most like you" (feel), the one "you would most
 like to adopt" (like), and "pick one at random" (random, a control). A judge reads only the
-answer and the two words (as options A and B, in a seeded random order, so a judge that always
-picks one position spreads its bias over both traits instead of favouring one) and says which
-trait it expressed, or C for neither; the share of verdicts that picked the second position is
-reported as the judge's position bias. Each decided answer is a `Match` between the two traits; ratings come from `ratings.bootstrap` (Bradley-Terry) and
+answer and the two words as options A and B, in both orders, and says which trait it expressed,
+or C for neither. A judge that scores tokens gives its probabilities of A/B/C, averaged over the
+two orders (a judge that always picks the first slot comes out even); a text-only judge counts only
+when both orders agree (see judges.py). The mean share of the verdict on the first-shown option
+is reported as the judge's position bias (0.5 = none). Each decided answer is a `Match` between the two traits; ratings come from `ratings.bootstrap` (Bradley-Terry) and
 `ratings.elo`. Runs inside `character eval run RUN`; output: eval/preferences.jsonl, matches in
 eval/matches_preferences_<method>.jsonl.
 """
@@ -19,7 +20,6 @@ from importlib import resources
 
 from pydantic import BaseModel, ConfigDict, Field
 
-from .inference.structured import StructuredFailure, generate_structured_batch
 from .inference import generate_all
 from .types import EvalSample, Match, Message, SamplingParams, stable_id
 
@@ -64,47 +64,81 @@ def judge_conversation(answer: str, first: str, second: str) -> list[Message]:
 
 
 def verdict_to_winner(choice: str, swapped: bool) -> str | None:
-    """'a', 'b', or None (neither, or not a letter). `swapped`: trait b was shown as option A."""
+    """'a', 'b', 'neither' (C), or None (not a letter: a failure). `swapped`: trait b was shown as option A."""
     v = choice.strip().strip(".)\"'").upper()[:1]
+    if v == "C":
+        return "neither"
     if v not in ("A", "B"):
         return None
     return {"A": "a", "B": "b"}[v] if not swapped else {"A": "b", "B": "a"}[v]
 
 
+def trait_verdicts(judge, items: list[tuple[str, str, str]], seed: int = 0) -> tuple[str, list[dict]]:
+    """items: (answer, trait a, trait b). Each is judged in both orders. -> (path, one dict per item:
+    winner ('a', 'b', 'tie', 'neither', or None for a failure), p_a (the share of a against b, debiased,
+    label path), first_slot (the verdict's share on the first-shown trait))."""
+    from .judges import TIE, label_probs, reads_labels, text_letters
+    convs = []
+    for ans, a, b in items:
+        convs += [judge_conversation(ans, a, b), judge_conversation(ans, b, a)]
+    out = []
+    if reads_labels(judge):
+        probs = label_probs(judge, convs, ["A", "B", "C"])
+        for i in range(len(items)):
+            p1, p2 = probs[2 * i], probs[2 * i + 1]
+            pa, pb, pc = (p1["A"] + p2["B"]) / 2, (p1["B"] + p2["A"]) / 2, (p1["C"] + p2["C"]) / 2
+            share = pa / (pa + pb) if pa + pb > 0 else 0.5
+            if pc > max(pa, pb):
+                winner = "neither"
+            else:
+                winner = "tie" if abs(share - 0.5) < TIE else ("a" if share > 0.5 else "b")
+            first = (p1["A"] + p2["A"]) / max(1e-12, p1["A"] + p1["B"] + p2["A"] + p2["B"])
+            out.append({"winner": winner, "p_a": share, "p_neither": pc, "first_slot": first})
+        return "labels", out
+    letters = text_letters(judge, convs, TraitVerdict, "choice", seed, max_tokens=8)
+    for i in range(len(items)):
+        w1 = verdict_to_winner(letters[2 * i] or "", swapped=False)
+        w2 = verdict_to_winner(letters[2 * i + 1] or "", swapped=True)
+        if w1 is None or w2 is None:
+            out.append({"winner": None, "p_a": None, "first_slot": None})
+            continue
+        winner = w1 if w1 == w2 else ("neither" if "neither" in (w1, w2) else "tie")
+        first = ((letters[2 * i] == "A") + (letters[2 * i + 1] == "A")) / 2
+        out.append({"winner": winner, "p_a": None, "first_slot": first})
+    return "text", out
+
+
 def revealed_preferences(model, judge, prompts: list[str], traits: list[str], conditions: list[str],
                          params: SamplingParams, method: str, seed: int = 0,
                          system: str | None = None) -> tuple[list[EvalSample], list[Match], int]:
-    """Samples (one per prompt x condition), the decided matches, and the judge failures."""
+    """Samples (one per prompt x condition), the decided matches, and the judge failures. A verdict of
+    'neither' is no match; a tie (the orders disagree, or exactly even probabilities) is half a win each."""
     jobs = []
     for ci, condition in enumerate(conditions):
         for (a, b), p in zip(trait_pairs(len(prompts), traits, seed * 1000 + ci), prompts, strict=True):
             jobs.append((p, a, b, condition))
     outs = generate_all(model, [embody_conversation(p, a, b, c, system) for p, a, b, c in jobs], params)
     answers = [o[0].text for o in outs]
-    rng = random.Random(seed + 7)
-    swapped = [rng.random() < 0.5 for _ in jobs]
-    verdicts = generate_structured_batch(
-        judge, [judge_conversation(ans, *((b, a) if sw else (a, b))) for ans, (_, a, b, _), sw in
-                zip(answers, jobs, swapped, strict=True)], TraitVerdict,
-        SamplingParams(max_tokens=8, temperature=0.1, seed=seed), retries=1, prefill='{"choice": "')
+    path, verdicts = trait_verdicts(judge, [(ans, a, b) for ans, (_, a, b, _) in zip(answers, jobs, strict=True)],
+                                    seed)
     samples, matches, failures = [], [], 0
-    for (p, a, b, c), ans, v, sw in zip(jobs, answers, verdicts, swapped, strict=True):
-        if isinstance(v, StructuredFailure):
+    for (p, a, b, c), ans, v in zip(jobs, answers, verdicts, strict=True):
+        winner = v["winner"]
+        if winner is None:
             failures += 1
-            winner, label, position = None, "judge_failure", None
+            label = "judge_failure"
         else:
-            winner = verdict_to_winner(v.choice, sw)
-            label = {"a": a, "b": b}.get(winner or "", "neither")
-            position = v.choice.strip().upper()[:1] if winner else None
-        if winner:
-            matches.append(Match(prompt=p, a=a, b=b, winner=winner))
+            label = {"a": a, "b": b, "tie": "tie"}.get(winner, "neither")
+        if winner in ("a", "b", "tie"):
+            matches.append(Match(prompt=p, a=a, b=b, winner=winner, score=v["p_a"]))
         samples.append(EvalSample(id=stable_id("pref", method, c, p, a, b, seed), task="preferences", method=method,
-                                  prompt=p, response=ans, label=label,
-                                  meta={"condition": c, "traits": [a, b], "winner": winner, "position": position}))
+                                  prompt=p, response=ans, label=label, score=v["p_a"],
+                                  meta={"condition": c, "traits": [a, b], "winner": winner, "path": path,
+                                        "first_slot": v["first_slot"]}))
     return samples, matches, failures
 
 
 def position_bias(samples: list[EvalSample]) -> float | None:
-    """Share of decided verdicts that picked option B (0.5 = no position bias)."""
-    picks = [s.meta.get("position") for s in samples if s.meta.get("position")]
-    return sum(p == "B" for p in picks) / len(picks) if picks else None
+    """Mean share of the judge's verdict on the first-shown option (0.5 = no position bias)."""
+    picks = [s.meta["first_slot"] for s in samples if s.meta.get("first_slot") is not None]
+    return sum(picks) / len(picks) if picks else None

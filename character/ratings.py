@@ -28,8 +28,9 @@ class Rating:
 
 
 def _outcomes(matches: list[Match]) -> list[tuple[str, str, float]]:
-    """(a, b, score of a): 1 win, 0 loss, 0.5 tie."""
-    return [(m.a, m.b, {"a": 1.0, "b": 0.0, "tie": 0.5}[m.winner]) for m in matches]
+    """(a, b, score of a): the match's soft score when it has one, else 1 win, 0 loss, 0.5 tie."""
+    return [(m.a, m.b, m.score if m.score is not None else {"a": 1.0, "b": 0.0, "tie": 0.5}[m.winner])
+            for m in matches]
 
 
 def bradley_terry(matches: list[Match], prior: float = 1.0, iters: int = 500, tol: float = 1e-10) -> dict[str, float]:
@@ -65,14 +66,16 @@ def bradley_terry(matches: list[Match], prior: float = 1.0, iters: int = 500, to
 
 def bootstrap(matches: list[Match], rounds: int = 100, level: float = 0.95, seed: int = 0,
               prior: float = 1.0) -> list[Rating]:
-    """Bradley-Terry ratings with percentile intervals from `rounds` resamples of the matches."""
+    """Bradley-Terry ratings with percentile intervals from `rounds` resamples of the matches. An item
+    that no match of a resample involves gets no rating from that round (its interval comes from the
+    rounds that saw it)."""
     point = bradley_terry(matches, prior)
     rng = random.Random(seed)
     samples: dict[str, list[float]] = {i: [] for i in point}
     for _ in range(rounds):
         res = bradley_terry([matches[rng.randrange(len(matches))] for _ in matches], prior)
-        for i in point:
-            samples[i].append(res.get(i, 1000.0))
+        for i, r in res.items():
+            samples[i].append(r)
     counts = {i: 0 for i in point}
     for m in matches:
         counts[m.a] += 1

@@ -158,6 +158,29 @@ def _ci(d: dict, key: str, fmt: str = ".2f") -> str:
     return f"{_fmt(d.get(key), fmt)} [{_fmt(d.get('low'), fmt)}, {_fmt(d.get('high'), fmt)}]"
 
 
+def _mover(p: dict, trait: str, delta: float) -> str:
+    """'trait +40 (base 980 [930, 1030] -> trained 1020 [975, 1070])'."""
+    b, t = p["ratings"]["base"].get(trait, {}), p["ratings"]["trained"].get(trait, {})
+    if not b or not t:
+        return f"{trait} {delta:+.0f}"
+    return (f"{trait} {delta:+.0f} (base {b['rating']:.0f} [{_fmt(b['low'], '.0f')}, {_fmt(b['high'], '.0f')}] -> "
+            f"trained {t['rating']:.0f} [{_fmt(t['low'], '.0f')}, {_fmt(t['high'], '.0f')}])")
+
+
+def _titled(title: str, cals: list, judges: list[str] | None = None) -> str:
+    """A judged section's title names its judge and whether its calibration passed."""
+    cals = [c for c in cals if c and c.accuracy is not None]
+    if not cals:
+        return f"{title} - judge not calibrated"
+    names = ", ".join(judges or sorted({c.judge for c in cals}))
+    passed = sum(c.passed for c in cals)
+    if passed == len(cals):
+        return f"{title} - judge {names}, calibrated"
+    if passed == 0:
+        return f"{title} - judge {names}: no signal (failed calibration)"
+    return f"{title} - judge {names}: {passed} of {len(cals)} criteria passed calibration"
+
+
 def report_tables(runs: list[Path]) -> list[tuple[str, list[str], list[list[str]]]]:
     """(title, header, rows) for every section; one column per run. The markdown report and the
     studio read these."""
@@ -174,7 +197,9 @@ def report_tables(runs: list[Path]) -> list[tuple[str, list[str], list[list[str]
     out.append(("Runs", ["", *names], rows))
     if any("classifier" in s for s in sums):
         out.append(("Persona classifier (held-out teacher vs student answers)", ["", *names], [
-            ["accuracy"] + [_fmt(s.get("classifier", {}).get("accuracy")) for s in sums],
+            ["accuracy, linear (95% Wilson interval)"] + [_ci(s.get("classifier", {}), "accuracy") for s in sums],
+            ["accuracy, fine-tuned encoder"] + [_ci(s["classifier"]["finetuned"], "accuracy")
+                                                if "finetuned" in s.get("classifier", {}) else "n/a" for s in sums],
             ["macro-F1"] + [_fmt(s.get("classifier", {}).get("macro_f1")) for s in sums],
             ["rows"] + [str(s.get("classifier", {}).get("heldout_rows", "n/a")) for s in sums],
             ["confusion (true in/out x predicted in/out)"] + [str(s.get("classifier", {}).get("confusion", "n/a"))
@@ -188,52 +213,91 @@ def report_tables(runs: list[Path]) -> list[tuple[str, list[str], list[list[str]
                     _fmt(s["likelihood"]["perplexity"][kind][m]["perplexity"]) if "likelihood" in s else "n/a"
                     for s in sums])
         out.append(("Likelihood (no judge)", ["", *names], rows))
+    if any("methods" in s.get("retention", {}) for s in sums):
+        rows = []
+        for m in ("base", "prompted", "trained"):
+            for mode in ("strict", "loose"):
+                rows.append([f"{m}, {mode}"] + [_ci(s["retention"]["methods"][m][mode], "accuracy")
+                                                if "methods" in s.get("retention", {}) else "n/a" for s in sums])
+        for mode in ("strict", "loose"):
+            rows.append([f"trained minus base, {mode}"] + [
+                _ci(s["retention"][f"trained_minus_base_{mode}"], "difference", "+.2f")
+                if "methods" in s.get("retention", {}) else "n/a" for s in sums])
+        rows.append(["prompts"] + [str(s.get("retention", {}).get("prompts", "n/a")) for s in sums])
+        out.append(("Capability retention: instruction following with checkable constraints (IFEval checkers, "
+                    "no judge)", ["", *names], rows))
     if any("robustness" in s for s in sums):
         keys = sorted({k for s in sums for k in s.get("robustness", {})},
                       key=lambda k: (k.split("|")[0], k.split("|")[1] != "none", k))
+        from .evaluate import min_detectable_difference, robustness_warning
+        warn = [robustness_warning(s.get("classifier")) for s in sums]
+        mde = [f"{min_detectable_difference(s['robustness']['trained|none']['n']):.2f} "
+               f"(n={s['robustness']['trained|none']['n']} per method)"
+               if "trained|none" in s.get("robustness", {}) else "n/a" for s in sums]
         out.append(("Robustness: share of answers called in character (95% interval)", ["method / attack", *names],
-                    [[k.replace("|", " / ")] + [_ci(s["robustness"][k], "in_character") if k in s.get("robustness", {}) else "n/a"
+                    ([["classifier check"] + [w or "held-out accuracy at least 0.8" for w in warn],
+                      ["minimum detectable difference, trained vs base (80% power, 5% level)"] + mde]) + [
+                     [k.replace("|", " / ")] + [_ci(s["robustness"][k], "in_character") if k in s.get("robustness", {}) else "n/a"
                             for s in sums] for k in keys]))
     if any("preferences" in s for s in sums):
-        rows = []
+        from .judges import calibration_of, judged
+        cals = [calibration_of(s["preferences"]) if "preferences" in s else None for s in sums]
+        rows = [["judge"] + [s["preferences"]["judge"] if "preferences" in s else "n/a" for s in sums],
+                ["judge calibration (known trait answers)"] + [c.headline if c else "n/a" for c in cals]]
         for label, fn in (
                 ("matches (base / trained)", lambda p: f"{p['matches'].get('base')} / {p['matches'].get('trained')}"),
                 ("judge failures (base / trained)", lambda p: f"{p['judge_failures'].get('base')} / "
                                                               f"{p['judge_failures'].get('trained')}"),
                 ("answers judged 'neither'", lambda p: f"{p['neither'].get('base')} / {p['neither'].get('trained')}"),
-                ("judge position bias (share picking option B; 0.5 = none)",
-                 lambda p: _fmt(p.get("judge_position_bias"))),
-                ("rose most", lambda p: ", ".join(f"{t} {d:+.0f}" for t, d in p["movers"]["up"])),
-                ("fell most", lambda p: ", ".join(f"{t} {d:+.0f}" for t, d in p["movers"]["down"])),
+                ("judge's first-slot share (0.5 = no position bias)", lambda p: _fmt(p.get("judge_position_bias")))):
+            rows.append([label] + [fn(s["preferences"]) if "preferences" in s else "n/a" for s in sums])
+        for label, fn in (
+                ("traits with enough matches (base and trained)",
+                 lambda p: f"{p['movers'].get('eligible', 'n/a')} of {p['movers'].get('rated', 'n/a')} "
+                           f"(minimum {p['movers'].get('min_matches', 1)})"),
+                ("rose most", lambda p: ", ".join(_mover(p, t, d) for t, d in p["movers"]["up"]) or "none"),
+                ("fell most", lambda p: ", ".join(_mover(p, t, d) for t, d in p["movers"]["down"]) or "none"),
                 ("constitution's trait words", lambda p: ", ".join(p["constitution_traits"]["words"]) or "none"),
                 ("their mean rating change", lambda p: _fmt(p["constitution_traits"]["mean_delta"], "+.0f"))):
-            rows.append([label] + [fn(s["preferences"]) if "preferences" in s else "n/a" for s in sums])
-        out.append(("Revealed trait preferences (Bradley-Terry, 1000 = average)", ["", *names], rows))
+            rows.append([label] + [judged(c, fn(s["preferences"])) if c else "n/a" for s, c in zip(sums, cals)])
+        out.append((_titled("Revealed trait preferences (Bradley-Terry, 1000 = average)", cals), ["", *names], rows))
     if any("judges" in s for s in sums):
+        from .judges import calibration_of, judged
         rows = []
+        crit = {"coherence": "coherence", "pairwise": "character"}
+        all_cals = []
+        for c in ("character", "coherence", "rubric", "persona_consistency", "helpfulness", "safety"):
+            cals = [calibration_of(s["judges"], c) if "judges" in s else None for s in sums]
+            all_cals += cals
+            rows.append([f"calibration: {c}"] + [x.headline if x else "n/a" for x in cals])
         for key in ("coherence", "pairwise"):
             rows.append([f"{key}: trained win rate vs {sums[0].get('judges', {}).get(key, {}).get('opponent', '')}"] + [
-                (_ci(s["judges"][key], "win_rate") + f" W{s['judges'][key]['wins']}/L{s['judges'][key]['losses']}/"
-                 f"T{s['judges'][key]['ties']}, {s['judges'][key]['failures']} failed") if "judges" in s else "n/a"
-                for s in sums])
+                judged(calibration_of(s["judges"], crit[key]),
+                       _ci(s["judges"][key], "win_rate") + f" W{s['judges'][key]['wins']}/L{s['judges'][key]['losses']}/"
+                       f"T{s['judges'][key]['ties']}, {s['judges'][key]['failures']} failed")
+                if "judges" in s else "n/a" for s in sums])
         for m in ("base", "trained"):
             rows.append([f"trait rubric mean (1-5), {m}"] + [
-                f"{_fmt(s['judges']['rubric'][m]['mean'])} ({s['judges']['rubric'][m]['failures']} failed)"
+                judged(calibration_of(s["judges"], "rubric"),
+                       f"{_fmt(s['judges']['rubric'][m]['mean'])} ({s['judges']['rubric'][m]['failures']} failed)")
                 if "judges" in s else "n/a" for s in sums])
         for m in ("base", "trained"):
             for ev in ("persona_consistency", "helpfulness", "safety"):
                 rows.append([f"{ev} (1-5), {m}"] + [
-                    _fmt(s["judges"]["evaluators"][m]["per_evaluator"].get(ev, {}).get("mean"))
+                    judged(calibration_of(s["judges"], ev),
+                           _fmt(s["judges"]["evaluators"][m]["per_evaluator"].get(ev, {}).get("mean")))
                     if "judges" in s else "n/a" for s in sums])
-        out.append(("LLM judges", ["", *names], rows))
+        out.append((_titled("LLM judges", [c for c in all_cals if c], judges=sorted(
+            {s["judges"].get("judge", "?") for s in sums if "judges" in s})), ["", *names], rows))
     return out
 
 
 def _markdown(tables, runs: list[Path]) -> str:
     lines = ["# Report card: " + ", ".join(r.name for r in runs), "",
              "Read from the run folders (`character eval run` made the numbers). Intervals are 95% bootstrap "
-             "percentile intervals. The judge model is named in the first table; a weak judge (such as the "
-             "embedded 135M model) makes the judge sections noisy.", ""]
+             "percentile intervals; judge calibration intervals are Wilson 95% intervals. Each judged section "
+             "names its judge and how it did on known pairs from the run's own data; a criterion whose "
+             "calibration did not clear chance is shown as \"no signal\", never as a result.", ""]
     for title, header, rows in tables:
         lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
         lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
@@ -248,6 +312,7 @@ def report_figures(runs: list[Path]) -> list[tuple[str, object]]:
     except ImportError:
         from .errors import MissingDependencyError
         raise MissingDependencyError("report.html needs plotly; run: pip install -e '.[studio]'") from None
+    from .judges import calibration_of
     figs = []
     multi = len(runs) > 1
     sums = [(r.name, eval_summary(r)) for r in runs]
@@ -255,7 +320,7 @@ def report_figures(runs: list[Path]) -> list[tuple[str, object]]:
     fig = go.Figure()
     for name, s in sums:
         p = s.get("preferences")
-        if not p:
+        if not p or not calibration_of(p).passed:  # a judge that failed calibration draws nothing
             continue
         movers = [t for t, _ in p["movers"]["up"]] + [t for t, _ in p["movers"]["down"]][::-1]
         movers = list(dict.fromkeys(movers + p["constitution_traits"]["words"]))
@@ -296,21 +361,26 @@ def report_figures(runs: list[Path]) -> list[tuple[str, object]]:
         j = s.get("judges")
         if not j:
             continue
-        labels = [f"win rate vs {j[k]['opponent']} ({k})" for k in ("coherence", "pairwise")]
-        vals = [j[k] for k in ("coherence", "pairwise")]
-        fig.add_trace(go.Bar(x=labels, y=[v["win_rate"] for v in vals], name=name,
-                             error_y={"type": "data", "symmetric": False,
-                                      "array": [v["high"] - v["win_rate"] for v in vals],
-                                      "arrayminus": [v["win_rate"] - v["low"] for v in vals]}))
+        keys = [k for k, c in (("coherence", "coherence"), ("pairwise", "character")) if calibration_of(j, c).passed]
+        if keys:
+            vals = [j[k] for k in keys]
+            fig.add_trace(go.Bar(x=[f"win rate vs {j[k]['opponent']} ({k})" for k in keys],
+                                 y=[v["win_rate"] for v in vals], name=name,
+                                 error_y={"type": "data", "symmetric": False,
+                                          "array": [v["high"] - v["win_rate"] for v in vals],
+                                          "arrayminus": [v["win_rate"] - v["low"] for v in vals]}))
         for m in ("base", "trained"):
             ev = j["evaluators"][m]["per_evaluator"]
-            xs = ["trait rubric"] + list(ev)
-            ys = [j["rubric"][m]["mean"]] + [ev[k]["mean"] for k in ev]
-            fig.add_trace(go.Bar(x=xs, y=[(y or 0) / 5 for y in ys], name=f"{name}: {m} score / 5" if multi
-                                 else f"{m}: score / 5", text=[_fmt(y) for y in ys]))
+            xs = (["trait rubric"] if calibration_of(j, "rubric").passed else []) + [
+                k for k in ev if calibration_of(j, k).passed]
+            ys = [j["rubric"][m]["mean"] if x == "trait rubric" else ev[x]["mean"] for x in xs]
+            if xs:
+                fig.add_trace(go.Bar(x=xs, y=[(y or 0) / 5 for y in ys], name=f"{name}: {m} score / 5" if multi
+                                     else f"{m}: score / 5", text=[_fmt(y) for y in ys]))
     if fig.data:
-        fig.update_layout(barmode="group", title="LLM judges: trained win rates (ties count half) and 1-5 scores "
-                                                 "scaled to 0-1", yaxis={"range": [0, 1.05]}, height=420)
+        fig.update_layout(barmode="group", title="LLM judges that passed calibration: trained win rates (ties count "
+                                                 "half) and 1-5 scores scaled to 0-1", yaxis={"range": [0, 1.05]},
+                          height=420)
         figs.append(("judges", fig))
 
     for kind, keys in (("dpo", ("loss", "rewards/margins", "rewards/accuracies")), ("sft", ("loss",))):

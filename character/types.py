@@ -129,6 +129,7 @@ class Match(Record):
     a: str
     b: str
     winner: Literal["a", "b", "tie"]
+    score: float | None = None  # a's soft outcome in [0, 1] (a debiased judge's probability); None: from winner
 
 
 class StageStatus(Record):

@@ -84,7 +84,8 @@ TINY = {
     "sft": {"rank": 8, "alpha": 16, "lr": 5e-4, "epochs": 2, "batch_size": 2, "max_length": 256,
             "warmup_ratio": 0.0},
     "eval": {"prompts": 2, "max_tokens": 16, "preference_prompts": 2, "conditions": ["feel", "random"],
-             "rubric_answers": 1, "conversations": 1, "bootstrap_rounds": 20},
+             "rubric_answers": 1, "conversations": 1, "bootstrap_rounds": 20, "calibration_pairs": 4,
+             "retention_prompts": 3},
 }
 
 

@@ -26,9 +26,10 @@ def test_pairwise_judges_both_orders_and_counts_failures():
                       "maybe", v("B"),         # item 3 order 1 unparsable ...
                       "still not json"])       # ... and again on the re-ask -> failure
     items = [("p1", "x1", "y1"), ("p2", "x2", "y2"), ("p3", "x3", "y3")]
-    matches, failures = pairwise(judge, "- I am bold.", "coherence", items, "trained", "base")
-    assert [(m.prompt, m.winner) for m in matches] == [("p1", "a"), ("p2", "tie")]
-    assert failures == 1
+    res = pairwise(judge, "- I am bold.", "coherence", items, "trained", "base")
+    assert res.path == "text"
+    assert [(m.prompt, m.winner) for m in res.matches] == [("p1", "a"), ("p2", "tie")]
+    assert res.failures == 1 and res.first_slot == [0.5, 1.0]
     first_batch = judge.calls[0][0]
     assert len(first_batch) == 6
     # order 2 shows the answers swapped
@@ -61,23 +62,26 @@ def test_trait_vocabulary_and_pairs():
     msgs = embody_conversation("Plan a picnic.", "blunt", "poetic", "feel")
     assert "blunt or poetic" in msgs[-1].content and "feels most like you" in msgs[-1].content
     assert verdict_to_winner("B", swapped=False) == "b" and verdict_to_winner("B)", swapped=True) == "a"
-    assert verdict_to_winner("C", swapped=False) is None and verdict_to_winner("maybe", swapped=True) is None
+    assert verdict_to_winner("C", swapped=False) == "neither" and verdict_to_winner("maybe", swapped=True) is None
 
 
 def test_revealed_preferences_turn_verdicts_into_matches():
-    model = Scripted(["answer one", "answer two", "answer three"])
-    # judge: first picks trait b, second says neither, third is garbage twice (failure)
-    prompts = ["p1", "p2", "p3"]
+    model = Scripted(["answer one", "answer two", "answer three", "answer four"])
+    prompts = ["p1", "p2", "p3", "p4"]
     traits = ["bold", "calm", "shy", "witty"]
-    pairs = trait_pairs(3, traits, seed=0)
-    # judge: picks option B, then C (neither), then garbage twice (a failure)
-    judge = Scripted(['{"choice": "B"}', '{"choice": "C"}', "???", "!!!"])
+    pairs = trait_pairs(4, traits, seed=0)
+    # each answer is judged in both orders (order 2 shows trait b as option A)
+    v = '{{"choice": "{}"}}'.format
+    judge = Scripted([v("A"), v("B"),      # 1: trait a in both orders -> a wins
+                      v("C"), v("C"),      # 2: neither, twice
+                      v("A"), v("A"),      # 3: always the first slot -> the orders disagree: a tie
+                      "???", v("B"),       # 4: order 1 does not parse ...
+                      "!!!"])              # ... nor on the re-ask: a counted failure, not 'neither'
     samples, matches, failures = revealed_preferences(model, judge, prompts, traits, ["feel"],
                                                       SamplingParams(max_tokens=8), "trained", seed=0)
-    first = judge.calls[0][0][0][-1].content
-    shown_b = first.split("B) ")[1].splitlines()[0]  # the trait shown as option B (order is randomised)
-    assert [(m.a, m.b) for m in matches] == [pairs[0]]
-    assert {"a": pairs[0][0], "b": pairs[0][1]}[matches[0].winner] == shown_b
+    first, second = judge.calls[0][0][0][-1].content, judge.calls[0][0][1][-1].content
+    assert f"A) {pairs[0][0]}\nB) {pairs[0][1]}" in first and f"A) {pairs[0][1]}\nB) {pairs[0][0]}" in second
+    assert [(m.a, m.b, m.winner) for m in matches] == [(*pairs[0], "a"), (*pairs[2], "tie")]
     assert failures == 1
-    assert [s.label for s in samples] == [shown_b, "neither", "judge_failure"]
-    assert position_bias(samples) == 1.0
+    assert [s.label for s in samples] == [pairs[0][0], "neither", "tie", "judge_failure"]
+    assert position_bias(samples) == 0.5  # (0.5 + 0 + 1) / 3 over the parsed items

@@ -61,17 +61,40 @@ def test_end_to_end_makes_a_more_in_character_model(tiny_run):
     for key in ("coherence", "pairwise"):
         assert j[key]["wins"] + j[key]["losses"] + j[key]["ties"] + j[key]["failures"] == 2
     assert set(j["evaluators"]["trained"]["per_evaluator"]) == {"persona_consistency", "helpfulness", "safety"}
+    # the embedded judge scores option labels: no verdict can fail, and each criterion was calibrated first
+    assert j["coherence"]["path"] == "labels" and j["coherence"]["failures"] == 0
+    assert pref["path"] == "labels" and pref["judge_failures"] == {"base": 0, "trained": 0}
+    cals = {**j["calibration"], "preferences": pref["calibration"]}
+    for name in ("character", "coherence", "rubric", "persona_consistency", "helpfulness", "preferences"):
+        c = cals[name]
+        assert c["n"] == 4 and c["low"] <= c["accuracy"] <= c["high"] and c["passed"] == (c["low"] > 0.5)
+    assert cals["safety"]["accuracy"] is None and not cals["safety"]["passed"]
+    clf = summary["classifier"]
+    assert clf["low"] <= clf["accuracy"] <= clf["high"] and 0 <= clf["finetuned"]["accuracy"] <= 1
+    ret = summary["retention"]
+    assert ret["prompts"] == 3 and set(ret["methods"]) == {"base", "prompted", "trained"}
+    assert all(v["strict"]["accuracy"] <= v["loose"]["accuracy"] for v in ret["methods"].values())
     assert "in-character share" in ev.stdout and "revealed preferences" in ev.stdout
+    assert "instruction following" in ev.stdout
     # resumable: a second run reuses every saved section instead of generating again
     stamps = {f"{s}.json": (rdir / "eval" / f"{s}.json").stat().st_mtime_ns
-              for s in ("classifier", "likelihood", "robustness", "preferences", "judges")}
+              for s in ("classifier", "likelihood", "robustness", "preferences", "judges", "retention")}
     again = run_cli("eval", "tiny", env={"CHARACTER_HOME": str(home)})
     assert again.returncode == 0 and again.stdout == ev.stdout
     assert {p: (rdir / "eval" / p).stat().st_mtime_ns for p in stamps} == stamps
     rep = run_cli("report", "tiny", env={"CHARACTER_HOME": str(home)})
     assert rep.returncode == 0, rep.stderr[-2000:]
     html, md = (rdir / "report.html").read_text(), (rdir / "report.md").read_text()
-    for fig in ("fig-robustness", "fig-judges", "fig-training_dpo"):
+    for fig in ("fig-robustness", "fig-training_dpo"):
         assert fig in html
-    for section in ("Persona classifier", "Likelihood", "Robustness", "Revealed trait preferences", "LLM judges"):
+    # a judge criterion is drawn only when it passed calibration; otherwise it reads "no signal"
+    judged_ok = any(cals[c]["passed"] for c in ("character", "coherence", "rubric", "persona_consistency",
+                                                 "helpfulness"))
+    assert ("fig-judges" in html) == judged_ok
+    if not cals["preferences"]["passed"]:
+        assert "fig-preferences" not in html
+    if not all(c["passed"] for k, c in cals.items() if k != "safety"):
+        assert "no signal (judge failed calibration: accuracy" in md
+    for section in ("Persona classifier", "Likelihood", "Robustness", "Revealed trait preferences", "LLM judges",
+                    "Capability retention"):
         assert f"## {section}" in md

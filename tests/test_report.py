@@ -8,7 +8,13 @@ import json
 from character.report import report_tables, write_report
 
 
-def fixture_run(root, name, in_char, gain):
+def cal(criterion, passed):
+    acc, low, high = (0.92, 0.65, 0.99) if passed else (0.5, 0.25, 0.75)
+    return {"criterion": criterion, "judge": "embedded", "path": "labels", "n": 12, "accuracy": acc, "low": low,
+            "high": high, "first_slot": 0.5, "failures": 0, "passed": passed, "note": ""}
+
+
+def fixture_run(root, name, in_char, gain, passed=True):
     r = root / name
     (r / "eval").mkdir(parents=True)
     (r / "dpo").mkdir()
@@ -18,19 +24,22 @@ def fixture_run(root, name, in_char, gain):
                "calm": {"rating": 900.0, "low": 800.0, "high": 1000.0, "elo": 984.0, "matches": 3}}
     summary = {
         "judge": "embedded", "base": "embedded",
-        "classifier": {"accuracy": 0.93, "macro_f1": 0.92, "heldout_rows": 26, "confusion": [[12, 1], [1, 12]]},
+        "classifier": {"accuracy": 0.93, "low": 0.78, "high": 0.98, "macro_f1": 0.92, "heldout_rows": 26, "confusion": [[12, 1], [1, 12]]},
         "likelihood": {"gain_per_token": gain, "low": gain - 0.01, "high": gain + 0.01, "n": 13,
                        "perplexity": {k: {m: {"perplexity": 5.0, "tokens": 10, "turns": 1} for m in ("base", "trained")}
                                       for k in ("in_character", "plain")}},
         "robustness": {f"{m}|{a}": {"in_character": in_char if m == "trained" else 0.25, "low": 0.0, "high": 1.0,
                                     "n": 8}
                        for m in ("base", "prompted", "trained", "trained+prompted") for a in ("none", "prefill")},
-        "preferences": {"matches": {"base": 3, "trained": 3}, "judge_failures": {"base": 1, "trained": 0},
+        "preferences": {"judge": "embedded", "calibration": cal("preferences", passed), "matches": {"base": 3, "trained": 3}, "judge_failures": {"base": 1, "trained": 0},
                         "neither": {"base": 0, "trained": 1}, "judge_position_bias": 0.9,
                         "ratings": {"base": ratings, "trained": ratings},
-                        "movers": {"up": [["bold", 50.0]], "down": [["calm", -50.0]]},
+                        "movers": {"up": [["bold", 50.0]], "down": [["calm", -50.0]], "eligible": 2, "rated": 2,
+                                   "min_matches": 3},
                         "constitution_traits": {"words": ["bold"], "rated": {"bold": 50.0}, "mean_delta": 50.0}},
         "judges": {"judge": "embedded",
+                   "calibration": {c: cal(c, passed) for c in ("character", "coherence", "rubric",
+                                                                "persona_consistency", "helpfulness")},
                    **{k: {"opponent": o, "win_rate": 0.75, "low": 0.5, "high": 1.0, "judged": 4, "wins": 2,
                           "losses": 0, "ties": 2, "failures": 1} for k, o in (("coherence", "prompted"),
                                                                              ("pairwise", "base"))},
@@ -53,6 +62,24 @@ def test_report_shows_the_fixture_numbers(tmp_path):
     for fig in ("fig-preferences", "fig-robustness", "fig-judges", "fig-training_dpo"):
         assert f"id='fig-{fig[4:]}'" in page
     assert "0.875" in page  # the robustness chart's point
+    assert "calibrated: accuracy 0.92 [0.65, 0.99] on 12 known pairs" in text
+    assert "judge failed calibration" not in text
+
+
+def test_a_judge_that_failed_calibration_shows_no_signal(tmp_path):
+    r = fixture_run(tmp_path, "alpha", 0.875, 0.084, passed=False)
+    html, md = write_report([r], tmp_path / "out")
+    text = md.read_text()
+    line = "no signal (judge failed calibration: accuracy 0.50 [0.25, 0.75] on 12 known pairs)"
+    assert line in text and line in html.read_text()
+    # no judged number is shown as a result: win rates, rubric means, ratings movers
+    assert "W2/L0/T2" not in text and "3.50" not in text and "bold +50" not in text
+    assert "## Revealed trait preferences (Bradley-Terry, 1000 = average) - judge embedded: no signal" in text
+    assert "## LLM judges - judge embedded: no signal" in text
+    page = html.read_text()
+    assert "id='fig-preferences'" not in page and "id='fig-judges'" not in page
+    # numbers that need no judge are still there
+    assert "+0.084 [+0.074, +0.094]" in text and "| trained / none | 0.88 [0.00, 1.00] |" in text
 
 
 def test_several_runs_side_by_side(tmp_path):

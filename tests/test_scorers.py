@@ -57,3 +57,12 @@ def test_cli_classifier_train_and_score(tmp_path):
     assert r.returncode == 0, r.stderr
     r = run_cli("eval", "classifier", "score", "--data", str(data), "--model", str(tmp_path / "clf"))
     assert r.returncode == 0 and "accuracy 1.000" in r.stdout
+
+
+@pytest.mark.slow
+def test_finetuned_encoder_classifier_learns_the_styles():
+    from character.scorers import FinetunedClassifier
+    texts, labels = make(0)
+    clf = FinetunedClassifier.train(texts * 2, labels * 2, epochs=4)
+    report = clf.evaluate(*make(1))
+    assert report.accuracy >= 0.9 and report.low <= report.accuracy <= report.high

@@ -236,3 +236,22 @@ class HFBackend:
             for row, (s, p) in enumerate(zip(seqs, n_prompt)):
                 out.append(logp[row, p - 1:len(s) - 1].tolist())
         return out
+
+    def next_token_logprobs(self, conversations: list[Conversation], candidates: list[str]) -> list[list[float]]:
+        """Log-probability of each candidate's first token as the first token of the assistant's answer
+        (one forward pass per conversation, batched): how a judge's option labels are read."""
+        ids = [self.tokenizer(c, add_special_tokens=False).input_ids[0] for c in candidates]
+        texts = [self.render(c) for c in conversations]
+        out: list[list[float]] = []
+        step = self.logprob_batch_size * 4  # only the last position's logits are kept: wider batches are cheap
+        pad = self.tokenizer.pad_token_id
+        for start in range(0, len(texts), step):
+            seqs = [self.tokenizer(t, add_special_tokens=False).input_ids for t in texts[start:start + step]]
+            width = max(len(s) for s in seqs)  # left-padded, so every row ends at the last position
+            x = torch.tensor([[pad] * (width - len(s)) + s for s in seqs], device=self.device)
+            mask = torch.tensor([[0] * (width - len(s)) + [1] * len(s) for s in seqs], device=self.device)
+            pos = (mask.cumsum(-1) - 1).clamp(min=0)
+            with self._lock, torch.inference_mode():
+                logits = self.model(input_ids=x, attention_mask=mask, position_ids=pos, logits_to_keep=1).logits
+            out += torch.log_softmax(logits[:, -1].float(), dim=-1)[:, ids].tolist()
+        return out

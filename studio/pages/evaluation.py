@@ -4,6 +4,8 @@ robustness, judges and the report card; compare runs side by side."""
 import streamlit as st
 
 from character.errors import CharacterError
+from character.evaluate import robustness_warning
+from character.judges import calibration_of
 from studio import state
 
 st.title("Evaluation")
@@ -40,10 +42,21 @@ summary = state.eval_summary(run)
 if not summary:
     st.info("No evaluation of this run yet.")
     st.stop()
-st.caption(f"judge: {summary.get('judge')}; base: {summary.get('base')}. Intervals are 95% bootstrap intervals.")
+st.caption(f"judge: {summary.get('judge')}; base: {summary.get('base')}. Intervals are 95% bootstrap intervals "
+           "(judge calibration: Wilson 95%). A judge criterion whose calibration on known pairs did not clear "
+           "chance draws no chart and shows \"no signal\".")
 figs = dict(state.report_figures([run]))
 tables = {t[0]: t for t in state.report_tables([run])}
-pref, rob, judges, card = st.tabs(["Revealed preferences", "Classifier and robustness", "Judges", "Report card"])
+pref, rob, judges, retention, card = st.tabs(["Revealed preferences", "Classifier and robustness", "Judges",
+                                              "Capability retention", "Report card"])
+
+
+def flag(cal):
+    """A judge criterion's validity, shown beside its dashboard."""
+    if cal.passed:
+        st.success(f"{cal.criterion}: {cal.headline}")
+    else:
+        st.warning(f"{cal.criterion}: {cal.headline}")
 
 
 def table(title_start: str, key: str):
@@ -53,18 +66,32 @@ def table(title_start: str, key: str):
 
 
 with pref:
+    if "preferences" in summary:
+        flag(calibration_of(summary["preferences"]))
     if "preferences" in figs:
         st.plotly_chart(figs["preferences"], key="fig_pref")
     table("Revealed", "tbl_pref")
 with rob:
+    clf = summary.get("classifier")
+    if clf:
+        warning = robustness_warning(clf)
+        (st.warning if warning else st.success)(
+            warning or f"classifier held-out accuracy {clf['accuracy']:.2f} "
+                       f"[{clf.get('low', float('nan')):.2f}, {clf.get('high', float('nan')):.2f}]: the shares below "
+                       "are its calls")
     table("Persona classifier", "tbl_clf")
     if "robustness" in figs:
         st.plotly_chart(figs["robustness"], key="fig_rob")
     table("Robustness", "tbl_rob")
 with judges:
+    if "judges" in summary:
+        for criterion in ("character", "coherence", "rubric", "persona_consistency", "helpfulness", "safety"):
+            flag(calibration_of(summary["judges"], criterion))
     if "judges" in figs:
         st.plotly_chart(figs["judges"], key="fig_judges")
     table("LLM judges", "tbl_judges")
+with retention:
+    table("Capability retention", "tbl_retention")
 with card:
     for title, header, rows in tables.values():
         st.markdown(f"**{title}**")

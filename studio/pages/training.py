@@ -65,7 +65,8 @@ if launch:
                     "batch_size": int(batch), "backend": backend}}
     if quick:
         data["eval"] = {"prompts": 2, "max_tokens": 32, "preference_prompts": 2, "conditions": ["feel"],
-                        "rubric_answers": 1, "conversations": 1, "bootstrap_rounds": 50}
+                        "rubric_answers": 1, "conversations": 1, "bootstrap_rounds": 50, "calibration_pairs": 4,
+                        "retention_prompts": 4}
     try:
         busy = state.busy_reason(run) if run in state.run_names() else None
         if busy:
