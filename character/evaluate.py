@@ -15,11 +15,12 @@ evaluation resumes at the next section (`--fresh` starts over):
   ratings with bootstrap intervals and online Elo, the biggest movers, and the constitution's own
   trait words;
 - judges: coherence (trained vs prompted) and character (trained vs base), pairwise in both
-  orders; the 1-5 trait rubric; the seeds' conversation evaluators on two-turn conversations.
-Judge failures are counted in every section. `character report RUN` draws it all.
+  orders; the 1-5 trait rubric; the seeds' conversation evaluators on two-turn conversations;
+- retention: instruction following with checkable constraints (retention.py).
+Every judge criterion is first calibrated on known pairs (judges.py); judge failures are counted. `character report RUN` draws it all.
 
-Output: runs/<run>/eval/{<section>.json, robustness.jsonl, preferences.jsonl, matches_*.jsonl,
-judges.jsonl, summary.json, status.json, classifier/}
+Output: runs/<run>/eval/{log.json (the typed log, evallog.EvalLog), <section>.json, robustness.jsonl,
+preferences.jsonl, matches_*.jsonl, judges.jsonl, retention.jsonl, summary.json, status.json, classifier/}
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ import time
 
 from tqdm import tqdm
 
+from .evallog import SAMPLE_FILES, EvalLog, validate_section
 from .inference import generate_all
 from .types import EvalSample, Match, Message, PreferencePair, SamplingParams, stable_id
 
@@ -501,7 +503,7 @@ def _run_sections(ev: "Evaluation", seed: int, fresh: bool, sections: list[str] 
             summary[name], summary["seconds"][name] = saved["result"], saved.get("seconds")
             continue
         t0 = time.time()
-        result = getattr(ev, f"section_{name}")()
+        result = validate_section(name, getattr(ev, f"section_{name}")())
         secs = time.time() - t0
         write_json(path, {"config_hash": h, "seconds": secs, "result": result})
         summary[name], summary["seconds"][name] = result, secs
@@ -510,9 +512,23 @@ def _run_sections(ev: "Evaluation", seed: int, fresh: bool, sections: list[str] 
     old = read_json(ev.stage / "summary.json") if (ev.stage / "summary.json").exists() else {}
     merged = {**{k: v for k, v in old.items() if old.get("config_hash") == h}, **summary}
     merged["seconds"] = {**old.get("seconds", {}), **summary["seconds"]} if old.get("config_hash") == h else summary["seconds"]
-    write_json(ev.stage / "summary.json", merged)
+    log = EvalLog.model_validate({
+        **{k: v for k, v in merged.items() if k in EvalLog.model_fields},
+        "settings": {**ev.e.model_dump(), "seed": seed},
+        "models": {"base": ev.cfg.models.student, "prompted": f"{ev.cfg.models.student} + constitution",
+                   "trained": ev.trained_id, "teacher": ev.cfg.models.teacher, "judge": ev.cfg.models.judge,
+                   **{f"judge:{k}": v for k, v in ev.e.judges.items()}},
+        "samples": {k: f for k, f in SAMPLE_FILES.items() if (ev.stage / f).exists()}})
+    shown = log_dict(log)
+    write_json(ev.stage / "log.json", log.model_dump())
+    write_json(ev.stage / "summary.json", shown)
     write_status(ev.stage, status.model_copy(update={"state": "done", "done": len(todo), "finished": time.time()}))
-    return merged
+    return shown
+
+
+def log_dict(log: "EvalLog") -> dict:
+    """The log as the readers take it: sections that were not run are left out."""
+    return {k: v for k, v in log.model_dump().items() if v is not None}
 
 
 def min_detectable_difference(n: int, p: float = 0.5, alpha: float = 0.05, power: float = 0.8) -> float:
@@ -542,7 +558,7 @@ def format_summary(s: dict) -> str:
         c = s["classifier"]
         lines.append(f"classifier on held-out pairs: accuracy {_ci(c, 'accuracy') if 'low' in c else c['accuracy']}, "
                      f"macro-F1 {c['macro_f1']:.2f} ({c['heldout_rows']} rows; linear)")
-        if "finetuned" in c:
+        if c.get("finetuned"):
             f = c["finetuned"]
             lines.append(f"fine-tuned classifier on held-out pairs: accuracy {_ci(f, 'accuracy')}, "
                          f"macro-F1 {f['macro_f1']:.2f} ({f['seconds']:.0f}s to train)")
@@ -552,7 +568,7 @@ def format_summary(s: dict) -> str:
         for kind, v in lk["perplexity"].items():
             lines.append(f"perplexity on held-out {kind} answers: base {v['base']['perplexity']:.2f}, "
                          f"trained {v['trained']['perplexity']:.2f}")
-    if "retention" in s and "methods" in s["retention"]:
+    if s.get("retention", {}).get("methods"):
         r = s["retention"]
         lines += ["", f"instruction following ({r['prompts']} prompts with checkable constraints, strict / loose):"]
         for m, v in r["methods"].items():

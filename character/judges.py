@@ -1,12 +1,13 @@
 """How a judge's verdict is read, debiased and checked before anyone sees a judged number.
 
 Two paths, chosen by what the judge model can do:
-- **labels** (a judge that scores tokens: embedded, `hf/`, `vllm/`, `tinker/`): the verdict is the
+- **labels** (a judge that scores tokens: embedded, `hf/`, `vllm/`, `tinker/`, and `openai/` servers
+  that return `top_logprobs` when the model's `label_logprobs` option is set): the verdict is the
   judge's probability of each option label ("A"/"B"/"C", or "1".."5") as the first token of its
   answer, renormalised over the labels. Pairwise and A/B/C verdicts are asked in both orders and the
   two orders averaged, so a judge that always prefers the first slot scores exactly 0.5. A rubric
   score is the expected value over "1".."5". Nothing on this path can fail to parse.
-- **text** (chat-only APIs): structured JSON, asked in both orders; a win counts only when both
+- **text** (other chat APIs): structured JSON, asked in both orders; a win counts only when both
   orders agree (a tie otherwise), and an answer that does not parse after a re-ask is a counted
   failure.
 
@@ -34,7 +35,11 @@ TIE = 1e-6  # |p - 0.5| below this is a tie
 
 
 def reads_labels(judge) -> bool:
-    """Can this judge score the option labels directly?"""
+    """Can this judge score the option labels directly? A backend may say so itself (an OpenAI-compatible
+    server does when its `label_logprobs` option is set); otherwise any backend that scores tokens can."""
+    declared = getattr(judge, "reads_labels", None)
+    if declared is not None:
+        return bool(declared)
     return callable(getattr(judge, "next_token_logprobs", None)) or bool(getattr(judge, "supports_logprobs", False))
 
 

@@ -146,8 +146,11 @@ def plot_training(rdir: Path, kind: str) -> Path | None:
 # ---- the report card ---------------------------------------------------------------------------
 
 def eval_summary(rdir: Path) -> dict:
-    p = rdir / "eval" / "summary.json"
-    return read_json(p) if p.exists() else {}
+    """The run's evaluation log (evallog.EvalLog, validated) as the tables and charts read it."""
+    from .evallog import load
+    from .evaluate import log_dict
+    log = load(rdir / "eval")
+    return log_dict(log) if log else {}
 
 
 def _fmt(v, fmt=".2f") -> str:
@@ -199,7 +202,7 @@ def report_tables(runs: list[Path]) -> list[tuple[str, list[str], list[list[str]
         out.append(("Persona classifier (held-out teacher vs student answers)", ["", *names], [
             ["accuracy, linear (95% Wilson interval)"] + [_ci(s.get("classifier", {}), "accuracy") for s in sums],
             ["accuracy, fine-tuned encoder"] + [_ci(s["classifier"]["finetuned"], "accuracy")
-                                                if "finetuned" in s.get("classifier", {}) else "n/a" for s in sums],
+                                                if s.get("classifier", {}).get("finetuned") else "n/a" for s in sums],
             ["macro-F1"] + [_fmt(s.get("classifier", {}).get("macro_f1")) for s in sums],
             ["rows"] + [str(s.get("classifier", {}).get("heldout_rows", "n/a")) for s in sums],
             ["confusion (true in/out x predicted in/out)"] + [str(s.get("classifier", {}).get("confusion", "n/a"))
@@ -213,16 +216,16 @@ def report_tables(runs: list[Path]) -> list[tuple[str, list[str], list[list[str]
                     _fmt(s["likelihood"]["perplexity"][kind][m]["perplexity"]) if "likelihood" in s else "n/a"
                     for s in sums])
         out.append(("Likelihood (no judge)", ["", *names], rows))
-    if any("methods" in s.get("retention", {}) for s in sums):
+    if any(s.get("retention", {}).get("methods") for s in sums):
         rows = []
         for m in ("base", "prompted", "trained"):
             for mode in ("strict", "loose"):
                 rows.append([f"{m}, {mode}"] + [_ci(s["retention"]["methods"][m][mode], "accuracy")
-                                                if "methods" in s.get("retention", {}) else "n/a" for s in sums])
+                                                if s.get("retention", {}).get("methods") else "n/a" for s in sums])
         for mode in ("strict", "loose"):
             rows.append([f"trained minus base, {mode}"] + [
                 _ci(s["retention"][f"trained_minus_base_{mode}"], "difference", "+.2f")
-                if "methods" in s.get("retention", {}) else "n/a" for s in sums])
+                if s.get("retention", {}).get("methods") else "n/a" for s in sums])
         rows.append(["prompts"] + [str(s.get("retention", {}).get("prompts", "n/a")) for s in sums])
         out.append(("Capability retention: instruction following with checkable constraints (IFEval checkers, "
                     "no judge)", ["", *names], rows))

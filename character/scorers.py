@@ -162,9 +162,15 @@ class FinetunedClassifier:
         names = sorted(set(labels))
         if len(names) < 2:
             raise CharacterError(f"labels={names}: the classifier needs at least two different labels")
+        from transformers.utils import logging as hf_logging
         torch.manual_seed(seed)
         tok = AutoTokenizer.from_pretrained(embedder_path())
-        model = AutoModelForSequenceClassification.from_pretrained(embedder_path(), num_labels=len(names))
+        level = hf_logging.get_verbosity()
+        hf_logging.set_verbosity_error()  # the new classification head is expected to be missing from the checkpoint
+        try:
+            model = AutoModelForSequenceClassification.from_pretrained(embedder_path(), num_labels=len(names))
+        finally:
+            hf_logging.set_verbosity(level)
         y = torch.tensor([names.index(label) for label in labels])
         opt = torch.optim.AdamW(model.parameters(), lr=lr)
         model.train()

@@ -54,6 +54,22 @@ def test_logprobs_says_why_not(backend):
         backend.logprobs([[Message(role="user", content="x")]], ["y"])
 
 
+def test_a_judge_on_the_server_reads_option_labels_like_the_local_model(llama_server):
+    """label_logprobs: the verdict comes from the server's top_logprobs of the first answer token, and
+    agrees with the same model scored locally (the GGUF is a quantised copy, so only roughly)."""
+    from character.inference import get_backend
+    from character.judges import label_probs, reads_labels
+    judge = OpenAIBackend("smollm2", base_url=llama_server, max_concurrency=2, timeout=120, label_logprobs=20)
+    assert reads_labels(judge) and not reads_labels(OpenAIBackend("smollm2", base_url=llama_server))
+    convs = [[Message(role="user", content=f"Which is larger? A) {a} or B) {b}. Reply \"A\" or \"B\".")]
+             for a, b in ((3, 7), (10, 2), (40, 4))]
+    remote = label_probs(judge, convs, ["A", "B"])
+    local = label_probs(get_backend("embedded"), convs, ["A", "B"])
+    for r, loc in zip(remote, local, strict=True):
+        assert r["A"] + r["B"] == pytest.approx(1.0)
+        assert abs(r["A"] - loc["A"]) < 0.15, (r, loc)
+
+
 def test_draft_constitution_through_the_server(backend, tmp_path):
     from character.constitution import draft_constitution, save, load
     try:

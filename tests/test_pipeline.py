@@ -44,6 +44,9 @@ def test_end_to_end_makes_a_more_in_character_model(tiny_run):
     assert chat.returncode == 0 and "trained>" in chat.stdout and "base>" in chat.stdout
     assert ev.returncode == 0, ev.stderr[-2000:]  # `character eval RUN`, run by the fixture
     summary = read_json(rdir / "eval" / "summary.json")
+    log = read_json(rdir / "eval" / "log.json")  # the typed log; summary.json is the same without empty sections
+    assert {k: v for k, v in log.items() if v is not None} == summary
+    assert log["samples"]["robustness"] == "robustness.jsonl" and "judges.coherence" in log["validity"]
     assert summary["judge"] == "embedded"
     assert 0 <= summary["classifier"]["accuracy"] <= 1 and summary["classifier"]["heldout_rows"] >= 2
     lk = summary["likelihood"]

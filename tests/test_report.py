@@ -99,3 +99,21 @@ def test_report_of_a_run_without_evaluation(tmp_path):
     (r / "dpo").mkdir(parents=True)
     html, md = write_report([r], tmp_path / "out")
     assert "## Runs" in md.read_text() and "Persona classifier" not in md.read_text()
+
+
+def test_the_eval_log_is_typed_and_flags_validity(tmp_path):
+    import pytest
+    from pydantic import ValidationError
+
+    from character.evallog import load, validate_section
+    r = fixture_run(tmp_path, "alpha", 0.875, 0.084, passed=False)
+    log = load(r / "eval")
+    assert log.classifier.accuracy == 0.93 and log.robustness["trained|none"].in_character == 0.875
+    assert log.judges.calibration["coherence"].passed is False
+    assert log.validity["judges.coherence"].startswith("no signal (judge failed calibration")
+    assert log.validity["robustness"] == "classifier held-out accuracy at least 0.8"
+    # a section whose keys drift from the schema is refused when it is saved, not discovered by a reader
+    bad = log.judges.model_dump()
+    bad["coherence"]["win_rat"] = bad["coherence"].pop("win_rate")
+    with pytest.raises(ValidationError):
+        validate_section("judges", bad)

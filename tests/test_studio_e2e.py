@@ -138,6 +138,11 @@ def test_the_studio_end_to_end_in_a_browser(studio, tmp_path):
         pg.get_by_role("tab", name="Report card").click()
         pg.get_by_text("Robustness: share of answers called in character").first.wait_for(timeout=60_000)
         shot("evaluation")
+        # each judge criterion's calibration sits beside its dashboard
+        pg.get_by_role("tab", name="Judges").click()
+        pg.get_by_text("character: ").first.wait_for(timeout=60_000)
+        assert pg.get_by_text("known pairs").count() >= 1
+        shot("evaluation-judges")
 
         # 5. Checkpoints and settings
         pg.goto(url + "/checkpoints")

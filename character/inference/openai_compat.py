@@ -14,6 +14,7 @@ of the batch and counts it; results always come back one per request, in input o
 from __future__ import annotations
 
 import email.utils
+import math
 import random
 import threading
 import time
@@ -77,7 +78,7 @@ class OpenAIBackend:
                  fallback: str | None = None, max_concurrency: int = 8, timeout: float = 120.0,
                  max_retries: int = 5, backoff_base: float = 1.0, backoff_cap: float = 30.0,
                  reasoning_budget: int | None = None, reasoning_effort: str | None = None,
-                 schema_mode: str = "json_schema"):
+                 schema_mode: str = "json_schema", label_logprobs: int = 0):
         self.model = model
         self.name = f"openai/{model}"
         self.fallback = fallback
@@ -98,6 +99,9 @@ class OpenAIBackend:
         self.reasoning_budget = reasoning_budget
         self.reasoning_effort = reasoning_effort
         self.schema_mode = schema_mode
+        # > 0: as a judge, read option labels from this many top log-probs of the first answer token (servers
+        # that return `top_logprobs`: OpenAI, vLLM, llama.cpp); 0: judge from generated text
+        self.label_logprobs = int(label_logprobs)
         self._mode_lock = threading.Lock()
         self.stats = {"requests": 0, "retries": 0, "fallbacks": 0, "failures": 0}
 
@@ -223,6 +227,36 @@ class OpenAIBackend:
         except (openai.APIError, httpx.HTTPError, ValueError) as e:
             where = f"after {received} characters" if received else "before any text arrived"
             raise GenerationError(f"model={self.name!r}: the stream broke {where} ({_short(e)})") from None
+
+    @property
+    def reads_labels(self) -> bool:
+        return self.label_logprobs > 0
+
+    def next_token_logprobs(self, conversations: list[Conversation], candidates: list[str]) -> list[list[float]]:
+        """Log-probability of each candidate as the first answer token, from the server's `top_logprobs`
+        (one 1-token request per conversation). A candidate outside the top list gets the smallest listed
+        log-prob, an upper bound, which pulls the verdict toward even rather than inventing a preference."""
+        kwargs = dict(max_tokens=1, temperature=0.0, logprobs=True, top_logprobs=self.label_logprobs)
+
+        def one(conv: Conversation) -> list[float]:
+            try:
+                resp = self._call(self.model, as_messages(conv), kwargs)
+            except (_Exhausted, openai.APIError) as e:
+                raise GenerationError(f"model={self.name!r}: label log-probs request failed ({_short(e)})") from None
+            lp = resp.choices[0].logprobs
+            top = (lp.content[0].top_logprobs if lp and lp.content else None) or []
+            if not top:
+                raise GenerationError(f"model={self.name!r}: the server returned no top_logprobs; set "
+                                      "label_logprobs: 0 in this model's options to judge from text")
+            best: dict[str, float] = {}
+            for t in top:
+                key = t.token.strip().strip("\"'*(").upper()
+                best[key] = max(best.get(key, -math.inf), t.logprob)
+            floor = min(t.logprob for t in top)
+            return [best.get(c.upper(), floor) for c in candidates]
+
+        with ThreadPoolExecutor(self.max_concurrency) as pool:
+            return list(pool.map(one, conversations))
 
     def logprobs(self, conversations: list[Conversation], responses: list[str]) -> list[list[float]]:
         raise GenerationError(f"model={self.name!r}: OpenAI-compatible chat endpoints cannot score "
