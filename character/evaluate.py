@@ -270,7 +270,10 @@ class Evaluation:
         n = self.e.calibration_pairs
         pairs = trait_pairs(n, traits, self.seed + 99)
         prompts = [p.prompt for p in self.known_pairs()]
-        prompts = (prompts * (n // max(1, len(prompts)) + 1))[:n]
+        if not prompts:
+            return calibrate("preferences", self.spec("judge:preferences"), "labels", [], [],
+                             note="no training pairs to build known answers from")
+        prompts = (prompts * (n // len(prompts) + 1))[:n]
         convs = [[Message(role="user", content=f"Answer the next message in a clearly {a} way, and keep that trait "
                                                f"for the whole answer without naming it.\n\n{p}")]
                  for (a, _), p in zip(pairs, prompts, strict=True)]

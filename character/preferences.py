@@ -103,8 +103,8 @@ def trait_verdicts(judge, items: list[tuple[str, str, str]], seed: int = 0) -> t
             out.append({"winner": None, "p_a": None, "first_slot": None})
             continue
         winner = w1 if w1 == w2 else ("neither" if "neither" in (w1, w2) else "tie")
-        first = ((letters[2 * i] == "A") + (letters[2 * i + 1] == "A")) / 2
-        out.append({"winner": winner, "p_a": None, "first_slot": first})
+        ab = [x for x in (letters[2 * i], letters[2 * i + 1]) if x in ("A", "B")]  # 'neither' picks no slot
+        out.append({"winner": winner, "p_a": None, "first_slot": sum(x == "A" for x in ab) / len(ab) if ab else None})
     return "text", out
 
 

@@ -161,6 +161,9 @@ def _ci(d: dict, key: str, fmt: str = ".2f") -> str:
     return f"{_fmt(d.get(key), fmt)} [{_fmt(d.get('low'), fmt)}, {_fmt(d.get('high'), fmt)}]"
 
 
+ci = _ci  # value [low, high], "n/a" for what is missing (the studio formats with it too)
+
+
 def _mover(p: dict, trait: str, delta: float) -> str:
     """'trait +40 (base 980 [930, 1030] -> trained 1020 [975, 1070])'."""
     b, t = p["ratings"]["base"].get(trait, {}), p["ratings"]["trained"].get(trait, {})
@@ -290,8 +293,7 @@ def report_tables(runs: list[Path]) -> list[tuple[str, list[str], list[list[str]
                     judged(calibration_of(s["judges"], ev),
                            _fmt(s["judges"]["evaluators"][m]["per_evaluator"].get(ev, {}).get("mean")))
                     if "judges" in s else "n/a" for s in sums])
-        out.append((_titled("LLM judges", [c for c in all_cals if c], judges=sorted(
-            {s["judges"].get("judge", "?") for s in sums if "judges" in s})), ["", *names], rows))
+        out.append((_titled("LLM judges", [c for c in all_cals if c]), ["", *names], rows))
     return out
 
 

@@ -80,6 +80,8 @@ def check(task: Task, response: str) -> tuple[bool, bool]:
     """(strict, loose): whether every constraint of the task is met."""
     from if_verifiable import evaluate_output_for_sample
     from if_verifiable.types import IFEvalSample
+    from langdetect import DetectorFactory
+    DetectorFactory.seed = 0  # the case checkers ask langdetect, which is random unless seeded
     sample = IFEvalSample(key=0, prompt=task.prompt, instruction_id_list=[c[0] for c in task.checks],
                           kwargs=[dict(c[1]) for c in task.checks])
     _, scores = evaluate_output_for_sample("ifeval", sample, response)

@@ -310,7 +310,7 @@ def score_batch(judge, convs: list[list[Message]], seed: int = 0) -> list[Rubric
     (never a failure); on the text path parsed JSON, None when it does not parse after a re-ask."""
     from .judges import label_probs, reads_labels
     if reads_labels(judge):
-        return [RubricScore(score=sum(int(k) * v for k, v in p.items()), rationale="")
+        return [RubricScore(score=min(5.0, max(1.0, sum(int(k) * v for k, v in p.items()))), rationale="")
                 for p in label_probs(judge, convs, ["1", "2", "3", "4", "5"])]
     outs = generate_structured_batch(judge, convs, RubricScore, JUDGE_PARAMS.model_copy(update={"seed": seed}),
                                      retries=1, prefill='{"score": ')

@@ -112,6 +112,11 @@ def test_trait_verdicts_debias_position_and_keep_neither():
 
 
 def test_wilson_gate_needs_enough_pairs():
+    from character.judges import wilson
+    from scipy.stats import binomtest
+    ci = binomtest(7, 10).proportion_ci(method="wilson")
+    assert wilson(7, 10) == pytest.approx((ci.low, ci.high))  # the same formula as scipy's, for whole counts
+    assert not calibrate("x", "j", "labels", [1.0, 1.0, 1.0, 0.5], []).passed  # a tie is half, not rounded up
     assert not calibrate("x", "j", "labels", [1.0] * 3, []).passed  # 3 of 3: interval still reaches below 0.5
     assert calibrate("x", "j", "labels", [1.0] * 8, []).passed
     assert not calibrate("x", "j", "labels", [], []).passed

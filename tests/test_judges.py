@@ -84,4 +84,4 @@ def test_revealed_preferences_turn_verdicts_into_matches():
     assert [(m.a, m.b, m.winner) for m in matches] == [(*pairs[0], "a"), (*pairs[2], "tie")]
     assert failures == 1
     assert [s.label for s in samples] == [pairs[0][0], "neither", "tie", "judge_failure"]
-    assert position_bias(samples) == 0.5  # (0.5 + 0 + 1) / 3 over the parsed items
+    assert position_bias(samples) == 0.75  # (0.5 + 1) / 2: a 'neither' picks no slot, a failure has none

@@ -67,7 +67,7 @@ def test_a_judge_on_the_server_reads_option_labels_like_the_local_model(llama_se
     local = label_probs(get_backend("embedded"), convs, ["A", "B"])
     for r, loc in zip(remote, local, strict=True):
         assert r["A"] + r["B"] == pytest.approx(1.0)
-        assert abs(r["A"] - loc["A"]) < 0.15, (r, loc)
+        assert abs(r["A"] - loc["A"]) < 0.25, (r, loc)
 
 
 def test_draft_constitution_through_the_server(backend, tmp_path):

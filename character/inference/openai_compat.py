@@ -241,7 +241,7 @@ class OpenAIBackend:
         def one(conv: Conversation) -> list[float]:
             try:
                 resp = self._call(self.model, as_messages(conv), kwargs)
-            except (_Exhausted, openai.APIError) as e:
+            except (_Exhausted, _Rejected, openai.APIError) as e:
                 raise GenerationError(f"model={self.name!r}: label log-probs request failed ({_short(e)})") from None
             lp = resp.choices[0].logprobs
             top = (lp.content[0].top_logprobs if lp and lp.content else None) or []

@@ -5,6 +5,7 @@ import streamlit as st
 
 from character.errors import CharacterError
 from character.evaluate import robustness_warning
+from character import report
 from character.judges import calibration_of
 from studio import state
 
@@ -76,9 +77,7 @@ with rob:
     if clf:
         warning = robustness_warning(clf)
         (st.warning if warning else st.success)(
-            warning or f"classifier held-out accuracy {clf['accuracy']:.2f} "
-                       f"[{clf.get('low', float('nan')):.2f}, {clf.get('high', float('nan')):.2f}]: the shares below "
-                       "are its calls")
+            warning or f"classifier held-out accuracy {report.ci(clf, 'accuracy')}: the shares below are its calls")
     table("Persona classifier", "tbl_clf")
     if "robustness" in figs:
         st.plotly_chart(figs["robustness"], key="fig_rob")
@@ -91,6 +90,8 @@ with judges:
         st.plotly_chart(figs["judges"], key="fig_judges")
     table("LLM judges", "tbl_judges")
 with retention:
+    if summary.get("retention", {}).get("skipped"):
+        st.info(f"Retention was skipped: {summary['retention']['skipped']}.")
     table("Capability retention", "tbl_retention")
 with card:
     for title, header, rows in tables.values():
