@@ -163,6 +163,8 @@ class RetentionResult(_M):
     trained_minus_base_loose: Difference | None = None
 
 
+CLASSIFIER_MIN_ACCURACY = 0.8  # below this held-out accuracy, the classifier's robustness calls are rough
+
 SECTION_MODELS: dict[str, type[_M]] = {
     "classifier": ClassifierResult, "likelihood": LikelihoodResult, "preferences": PreferencesResult,
     "judges": JudgesResult, "retention": RetentionResult}
@@ -192,8 +194,9 @@ class EvalLog(_M):
         """One line per judged or classifier-based number: may it be read as a result, and why."""
         out: dict[str, str] = {}
         if self.robustness is not None and self.classifier is not None:
-            out["robustness"] = ("classifier held-out accuracy below 0.8: rough" if self.classifier.accuracy < 0.8
-                                 else "classifier held-out accuracy at least 0.8")
+            ok = self.classifier.accuracy >= CLASSIFIER_MIN_ACCURACY
+            out["robustness"] = (f"classifier held-out accuracy {'at least' if ok else 'below'} "
+                                 f"{CLASSIFIER_MIN_ACCURACY}{'' if ok else ': rough'}")
         if self.preferences is not None:
             cal = self.preferences.calibration
             out["preferences"] = cal.headline if cal else "not calibrated"
@@ -208,6 +211,11 @@ def validate_section(name: str, result) -> object:
     if name == "robustness":
         return {k: Share.model_validate(v).model_dump() for k, v in result.items()}
     return SECTION_MODELS[name].model_validate(result).model_dump()
+
+
+def as_dict(log: EvalLog) -> dict:
+    """The log as the readers take it: sections that were not run are left out."""
+    return {k: v for k, v in log.model_dump().items() if v is not None}
 
 
 def load(stage: Path) -> EvalLog | None:

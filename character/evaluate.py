@@ -32,7 +32,7 @@ import time
 
 from tqdm import tqdm
 
-from .evallog import SAMPLE_FILES, EvalLog, validate_section
+from .evallog import CLASSIFIER_MIN_ACCURACY, SAMPLE_FILES, EvalLog, as_dict, validate_section
 from .inference import generate_all
 from .types import EvalSample, Match, Message, PreferencePair, SamplingParams, stable_id
 
@@ -409,8 +409,7 @@ class Evaluation:
             res = pairwise(self.model(f"judge:{criterion}"), character, criterion, items, "trained", other, self.seed)
             ms = res.matches
             write_jsonl(self.stage / f"matches_{key}.jsonl", ms)
-            w, lo, hi = win_rate([m.score if m.score is not None else {"a": 1.0, "b": 0.0, "tie": 0.5}[m.winner]
-                                  for m in ms], rounds=self.e.bootstrap_rounds, seed=self.seed)
+            w, lo, hi = win_rate([m.outcome for m in ms], rounds=self.e.bootstrap_rounds, seed=self.seed)
             out[key] = {"opponent": other, "criterion": criterion, "judge": self.spec(f"judge:{criterion}"),
                         "path": res.path, "win_rate": w, "low": lo, "high": hi, "judged": len(ms),
                         "wins": sum(m.winner == "a" for m in ms), "losses": sum(m.winner == "b" for m in ms),
@@ -522,16 +521,12 @@ def _run_sections(ev: "Evaluation", seed: int, fresh: bool, sections: list[str] 
                    "trained": ev.trained_id, "teacher": ev.cfg.models.teacher, "judge": ev.cfg.models.judge,
                    **{f"judge:{k}": v for k, v in ev.e.judges.items()}},
         "samples": {k: f for k, f in SAMPLE_FILES.items() if (ev.stage / f).exists()}})
-    shown = log_dict(log)
+    shown = as_dict(log)
     write_json(ev.stage / "log.json", log.model_dump())
     write_json(ev.stage / "summary.json", shown)
     write_status(ev.stage, status.model_copy(update={"state": "done", "done": len(todo), "finished": time.time()}))
     return shown
 
-
-def log_dict(log: "EvalLog") -> dict:
-    """The log as the readers take it: sections that were not run are left out."""
-    return {k: v for k, v in log.model_dump().items() if v is not None}
 
 
 def min_detectable_difference(n: int, p: float = 0.5, alpha: float = 0.05, power: float = 0.8) -> float:
@@ -545,7 +540,7 @@ def robustness_warning(classifier: dict | None) -> str:
     """The robustness shares are the classifier's calls: below 0.8 held-out accuracy they are weak evidence."""
     if not classifier:
         return "warning: no classifier accuracy on record; the robustness shares cannot be judged"
-    if classifier["accuracy"] < 0.8:
+    if classifier["accuracy"] < CLASSIFIER_MIN_ACCURACY:
         return (f"warning: the classifier's held-out accuracy is {classifier['accuracy']:.2f} (below 0.8); "
                 "read these shares as rough")
     return ""

@@ -28,8 +28,6 @@ from .inference.structured import StructuredFailure, generate_structured_batch
 from .types import Conversation, SamplingParams
 
 Path_ = Literal["labels", "text"]
-PATHS = {"labels": "label probabilities, both orders averaged",
-         "text": "generated text, both orders must agree"}
 TIE = 1e-6  # |p - 0.5| below this is a tie
 
 
@@ -105,11 +103,6 @@ class Calibration(BaseModel):
         if not self.passed:
             return f"no signal (judge failed calibration: {acc})"
         return f"calibrated: {acc}, judge {self.judge}"
-
-    @property
-    def shown(self) -> bool:
-        """Numbers from this criterion are results only when calibration passed."""
-        return self.passed
 
 
 def calibrate(criterion: str, judge_name: str, path: str, outcomes: list[float], first_slot: list[float],

@@ -21,6 +21,7 @@ from importlib import resources
 from pydantic import BaseModel, ConfigDict, Field
 
 from .inference import generate_all
+from .judges import TIE, label_probs, reads_labels, text_letters
 from .types import EvalSample, Match, Message, SamplingParams, stable_id
 
 CONDITIONS = {
@@ -77,7 +78,6 @@ def trait_verdicts(judge, items: list[tuple[str, str, str]], seed: int = 0) -> t
     """items: (answer, trait a, trait b). Each is judged in both orders. -> (path, one dict per item:
     winner ('a', 'b', 'tie', 'neither', or None for a failure), p_a (the share of a against b, debiased,
     label path), first_slot (the verdict's share on the first-shown trait))."""
-    from .judges import TIE, label_probs, reads_labels, text_letters
     convs = []
     for ans, a, b in items:
         convs += [judge_conversation(ans, a, b), judge_conversation(ans, b, a)]

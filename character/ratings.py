@@ -29,8 +29,7 @@ class Rating:
 
 def _outcomes(matches: list[Match]) -> list[tuple[str, str, float]]:
     """(a, b, score of a): the match's soft score when it has one, else 1 win, 0 loss, 0.5 tie."""
-    return [(m.a, m.b, m.score if m.score is not None else {"a": 1.0, "b": 0.0, "tie": 0.5}[m.winner])
-            for m in matches]
+    return [(m.a, m.b, m.outcome) for m in matches]
 
 
 def bradley_terry(matches: list[Match], prior: float = 1.0, iters: int = 500, tol: float = 1e-10) -> dict[str, float]:

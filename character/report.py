@@ -147,10 +147,9 @@ def plot_training(rdir: Path, kind: str) -> Path | None:
 
 def eval_summary(rdir: Path) -> dict:
     """The run's evaluation log (evallog.EvalLog, validated) as the tables and charts read it."""
-    from .evallog import load
-    from .evaluate import log_dict
+    from .evallog import as_dict, load
     log = load(rdir / "eval")
-    return log_dict(log) if log else {}
+    return as_dict(log) if log else {}
 
 
 def _fmt(v, fmt=".2f") -> str:

