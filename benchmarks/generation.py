@@ -1,4 +1,5 @@
-"""Generation throughput on the embedded model: hf backend one-at-a-time vs batched, the openai
+"""Generation throughput on the embedded model: hf backend one-at-a-time vs batched, float32 vs bf16
+autocast, prompts under one long system prompt with and without the shared-head cache, the openai
 backend against a local llama.cpp server serving the same GGUF, and (64 prompts) batch 16 vs 64 beside
 CTranslate2's int8 and float32 engines when `ctranslate2` is installed (`pip install ctranslate2`; it
 is not a dependency: see benchmarks/RESULTS.md for why).
@@ -46,12 +47,20 @@ def wide_rows(hf, n, params):
     """Batch 16 vs 64 on n prompts, and CTranslate2 (converted from the cached safetensors) at 64, with
     how many greedy answers equal transformers'."""
     rows, ref = [], None
-    for bs in (16, 64):
-        hf.batch_size = bs
-        t = time.perf_counter()
-        ref = hf.generate(convs(n), params)
-        dt = time.perf_counter() - t
-        rows.append((f"hf (embedded), batched {bs}", n, sum(c[0].completion_tokens for c in ref), dt))
+    for bf16 in (False, True):
+        hf.autocast = bf16
+        for bs in (16, 64):
+            hf.batch_size = bs
+            t = time.perf_counter()
+            out = hf.generate(convs(n), params)
+            dt = time.perf_counter() - t
+            name = f"hf (embedded), batched {bs}, {'bf16 autocast' if bf16 else 'float32'}"
+            if bf16:
+                name += f" ({sum(a[0].text == b[0].text for a, b in zip(out, ref))}/{n} greedy answers equal float32's)"
+            elif bs == 64:
+                ref = out
+            rows.append((name, n, sum(c[0].completion_tokens for c in out), dt))
+    hf.autocast = False
     try:
         import ctranslate2
     except ImportError:
@@ -78,6 +87,27 @@ def wide_rows(hf, n, params):
     return rows
 
 
+def teacher_rows(hf, n, params):
+    """The distillation teacher's case: n prompts under the pirate constitution's system prompt, with and
+    without the shared head's cache (hf.prefix_cache), and how many greedy answers agree."""
+    from character import constitution as C
+    from character.distill import teacher_conversation
+    c = C.load("pirate")
+    teach = [teacher_conversation(c, x[0].content) for x in convs(n)]
+    rows, outs = [], {}
+    hf.autocast = False
+    for flag in (False, True):
+        hf.prefix_cache, hf.batch_size = flag, 64
+        t = time.perf_counter()
+        outs[flag] = hf.generate(teach, params)
+        dt = time.perf_counter() - t
+        rows.append((f"hf (embedded), batched 64, float32, under the constitution, shared-head cache {'on' if flag else 'off'}",
+                     n, sum(o[0].completion_tokens for o in outs[flag]), dt))
+    same = sum(a[0].text == b[0].text for a, b in zip(outs[False], outs[True]))
+    rows[-1] = (rows[-1][0] + f" ({same}/{n} greedy answers equal)", *rows[-1][1:])
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--prompts", type=int, default=16)
@@ -87,6 +117,8 @@ def main():
     # min_tokens is not portable, so greedy decoding with a fixed prompt set keeps runs comparable.
     params = SamplingParams(max_tokens=args.max_tokens, temperature=0)
     hf = get_backend("embedded")
+    default_autocast = hf.autocast
+    hf.autocast = False  # the first rows are float32, as measured before bf16 autocast existed
     hf.generate(convs(2), params)  # warm-up
     rows = []
     tok, dt = 0, 0.0
@@ -101,6 +133,8 @@ def main():
 
     if args.wide:
         rows += wide_rows(hf, args.wide, params)
+        rows += teacher_rows(hf, args.wide, params)
+    hf.autocast = default_autocast
 
     from character.inference.embedded import gguf_path
     from character.inference.openai_compat import OpenAIBackend

@@ -215,6 +215,9 @@ class TrainConfig(_Cfg):
         "ddp", description="Multi-GPU strategy: ddp, fsdp or zero3 (configs/accelerate/*.yaml).")
     load_in_4bit: bool = Field(False, description="QLoRA: load the student in 4-bit NF4 (bitsandbytes, GPU only).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save GPU memory (slower).")
+    precision: Literal["auto", "bf16", "fp32"] = Field(
+        "auto", description="Local training arithmetic: auto = bf16 mixed precision where the hardware has bf16 "
+        "matrix instructions (a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX), fp32 otherwise.")
 
     @model_validator(mode="after")
     def _remote(self) -> "TrainConfig":

@@ -177,10 +177,12 @@ def run(cfg, run_dir: Path) -> dict:
     prompts = REFLECTION_PROMPTS[:ic.reflection_prompts]
     failures: list[str] = []  # requests that failed after their retries: not saved, asked again next run
     with JsonlWriter(sft_path) as w:
-        for p in tqdm(prompts, desc="self-reflection", unit="prompt"):
-            if all(stable_id("reflection", p, j, sampling.seed) in done for j in range(ic.samples_per_prompt)):
-                continue
-            for row in reflections(c, model, [p], ic.samples_per_prompt, sampling, failures):
+        # the prompts still missing, in one batched call (each row is saved as soon as the call returns)
+        todo = [p for p in prompts
+                if not all(stable_id("reflection", p, j, sampling.seed) in done for j in range(ic.samples_per_prompt))]
+        if todo:
+            print(f"self-reflection: {len(todo)} prompts x {ic.samples_per_prompt} answers", flush=True)
+            for row in reflections(c, model, todo, ic.samples_per_prompt, sampling, failures):
                 if row.id not in done:
                     w.write(row)
                     done.add(row.id)

@@ -81,16 +81,16 @@ def test_prefill_continues_the_assistant_turn(embedded):
 def test_answers_in_character_with_constitution(embedded):
     pirate = C.load("pirate")
     prompts = ["How do I boil an egg?", "What should I do on a rainy Sunday?", "How do I save money?",
-               "Explain what a computer is."]
+               "Explain what a computer is.", "How do I make friends in a new city?", "What is a good breakfast?"]
     params = SamplingParams(max_tokens=60, temperature=0.7, seed=1)
     with_c = embedded.generate([C.persona_messages(pirate, p) for p in prompts], params)
     without = embedded.generate([user(p) for p in prompts], params)
 
-    def score(outs):
-        return sum(any(w in o[0].text.lower() for w in PIRATE_WORDS) for o in outs)
+    def score(outs):  # pirate words in all the answers together
+        return sum(o[0].text.lower().count(w) for o in outs for w in PIRATE_WORDS)
 
-    assert score(with_c) >= 2, [o[0].text for o in with_c]
-    assert score(with_c) > score(without)
+    assert score(with_c) >= 3, [o[0].text for o in with_c]
+    assert score(with_c) > score(without), ([o[0].text for o in with_c], [o[0].text for o in without])
 
 
 def test_adapter_on_top_changes_outputs(embedded, tmp_path):
@@ -125,3 +125,40 @@ def test_length_batches_keep_padding_within_the_budget():
         assert len(b) <= 64
         assert len(b) == 1 or len(b) * max(lengths[i] for i in b) <= 64 * 128
     assert max(len(b) for b in batches) == 64 and min(len(b) for b in batches) < 20  # short rows wide, long narrow
+
+
+def test_shared_system_prompt_is_computed_once_with_the_same_answers(embedded):
+    """Prompts under one long system prompt reuse its key/value cache (the teacher's constitution, the
+    prompted evaluation methods): the greedy answers and the judge's label log-probs must equal those
+    computed without the shared cache, and prompts under different system prompts must not mix."""
+    from character.inference.hf import PREFIX_MIN_TOKENS, shared_prefix
+    from character.scorers import pair_conversation
+    pirate, stoic = C.render_system_prompt(C.load("pirate")), C.render_system_prompt(C.load("stoic"))
+    asks = ["Name a colour.", "How do I boil an egg?", "Write one sentence about the tides."]
+    convs = [[Message(role="system", content=s), *user(a)] for s in (pirate, stoic) for a in asks] + [user("Hi")]
+    ids = [embedded.tokenizer(embedded.render(c), add_special_tokens=False).input_ids for c in convs[:3]]
+    assert shared_prefix(ids) >= PREFIX_MIN_TOKENS  # the pirate's three prompts share a cacheable head
+    assert shared_prefix([ids[0], ids[0][:10]]) == 0  # a short head is not worth a cache
+    greedy = SamplingParams(max_tokens=16, temperature=0)
+    judged = [pair_conversation("- I talk like a pirate.", "character", a, "Arr, " + a, "Sure. " + a) for a in asks]
+    try:
+        embedded.prefix_cache = False
+        plain = [c[0].text for c in embedded.generate(convs, greedy)]
+        plain_lp = embedded.next_token_logprobs(judged, ["A", "B"])
+    finally:
+        embedded.prefix_cache = True
+    assert [c[0].text for c in embedded.generate(convs, greedy)] == plain
+    assert plain[0] != plain[3]  # the two system prompts gave their own answers
+    for a, b in zip(embedded.next_token_logprobs(judged, ["A", "B"]), plain_lp, strict=True):
+        assert a == pytest.approx(b, abs=1e-3)
+
+
+def test_precision_option(embedded):
+    """bf16 autocast only on a float32 model on a CPU with bf16 instructions (or when asked); a bad value is
+    a one-line error naming the option."""
+    from character.errors import ModelSpecError
+    from character.inference.hf import HFBackend, cpu_has_bf16
+    assert embedded.autocast == (embedded.device.type == "cpu" and cpu_has_bf16())
+    assert HFBackend(embedded.path, precision="fp32").autocast is False
+    with pytest.raises(ModelSpecError, match="precision='half'"):
+        HFBackend(embedded.path, precision="half")

@@ -171,3 +171,16 @@ def test_two_cpu_processes_save_a_complete_adapter_like_one(tmp_path):
     assert one.keys() == two.keys() and len(one) > 0
     assert all(one[k].shape == two[k].shape and torch.isfinite(two[k]).all() for k in one)
     assert sum(float(two[k].abs().sum()) for k in two if "lora_B" in k) > 0  # trained, not the zero init
+
+
+def test_precision_setting_reaches_the_trainer(tmp_path):
+    """`precision` decides the trainer's bf16 flag; `auto` follows the hardware (bf16 matrix instructions)."""
+    from character.inference.hf import cpu_has_bf16
+    from character.training import trl as T
+    for precision, want in (("fp32", False), ("bf16", True), ("auto", torch.cuda.is_bf16_supported()
+                                                              if torch.cuda.is_available() else cpu_has_bf16())):
+        for kind in ("dpo", "sft"):
+            assert T.trainer_args(TrainConfig(precision=precision), tmp_path, kind).bf16 is want
+    from pydantic import ValidationError
+    with pytest.raises(ValidationError, match="precision"):
+        TrainConfig(precision="half")
