@@ -223,6 +223,9 @@ class TrainConfig(_Cfg):
     def _remote(self) -> "TrainConfig":
         if self.backend == "trl":
             return self
+        if self.precision != "auto":
+            raise ValueError(f"precision={self.precision}: precision is for local training; "
+                             f"{self.backend} picks its own; remove precision")
         if self.num_processes > 1 or self.load_in_4bit:
             where = {"tinker": "Tinker", "together": "Together"}[self.backend]
             raise ValueError(f"num_processes and load_in_4bit are for local training; {where} runs remotely")

@@ -46,6 +46,15 @@ def constitution_fingerprint(ref: str) -> str:
     return stable_id(C.load(ref).model_dump())
 
 
+# Training settings added after runs began recording their settings count only when set away from their
+# default, so upgrading does not make every finished DPO and SFT stage stale.
+ADDED_LATER = {"precision": "auto"}
+
+
+def train_settings(tcfg) -> dict:
+    return {k: v for k, v in tcfg.model_dump().items() if ADDED_LATER.get(k, object()) != v}
+
+
 def stage_settings(cfg: RecipeConfig, stage: str) -> dict:
     """Everything a stage's output depends on besides its inputs (the upstream stages' outputs)."""
     m = cfg.models
@@ -60,7 +69,7 @@ def stage_settings(cfg: RecipeConfig, stage: str) -> dict:
                 "student": _model(cfg, m.student), "constitution": constitution_fingerprint(cfg.constitution),
                 "max_prompt_tokens": cfg.prompts.max_prompt_tokens}
     if stage in ("dpo", "sft"):
-        return {stage: getattr(cfg, stage).model_dump(), "student": _model(cfg, m.student)}
+        return {stage: train_settings(getattr(cfg, stage)), "student": _model(cfg, m.student)}
     if stage == "introspect":
         return {"introspect": cfg.introspect.model_dump(), "seed": cfg.seed, "student": _model(cfg, m.student),
                 "constitution": constitution_fingerprint(cfg.constitution)}
@@ -115,7 +124,7 @@ def legacy_hash(cfg: RecipeConfig, stage: str) -> str:
     if stage == "distill":
         return config_hash({"distill": cfg.distill.model_dump(), "models": cfg.models.model_dump(),
                             "constitution": cfg.constitution})
-    return config_hash(getattr(cfg, stage))
+    return config_hash(train_settings(getattr(cfg, stage)) if stage in ("dpo", "sft") else getattr(cfg, stage))
 
 
 def adopt_legacy(cfg: RecipeConfig, rdir: Path) -> list[str]:

@@ -134,12 +134,21 @@ def test_embedded_judge_reads_labels_in_one_pass_like_the_scorer():
     judge = get_backend("embedded")
     convs = [[Message(role="user", content=f"Which is larger, {a} or {b}? Reply \"A\" or \"B\".")]
              for a, b in (("A) 3", "B) 7"), ("A) 10", "B) 2"), ("A) one hundred and twenty", "B) five"))]
-    fast = label_probs(judge, convs, ["A", "B"])  # one forward pass per conversation, left-padded batch
+    autocast = judge.autocast
+    try:  # one forward pass per conversation, left-padded batch: float32, and bf16 autocast (the CPU default)
+        judge.autocast = False
+        fast = label_probs(judge, convs, ["A", "B"])
+        judge.autocast = True
+        fast_bf16 = label_probs(judge, convs, ["A", "B"])
+    finally:
+        judge.autocast = autocast
 
-    class ViaScorer:  # the same judge through the generic path: log-prob of each label as the answer
+    class ViaScorer:  # the same judge through the generic path (float32): log-prob of each label as the answer
         supports_logprobs = True
         logprobs = staticmethod(judge.logprobs)
     slow = label_probs(ViaScorer(), convs, ["A", "B"])
-    for f, s in zip(fast, slow, strict=True):
+    for f, b, s in zip(fast, fast_bf16, slow, strict=True):
         assert f["A"] + f["B"] == pytest.approx(1.0)
         assert f["A"] == pytest.approx(s["A"], abs=1e-3)
+        # bf16 rounding moves a label probability by about 0.01 (RESULTS.md: at most 0.018 on 26 judge prompts)
+        assert b["A"] == pytest.approx(s["A"], abs=0.05)

@@ -105,3 +105,20 @@ def test_closed_choices_match_their_owners():
 def test_eval_on_a_missing_run_says_so(home):
     r = run_cli("eval", "no-such-run", env={"CHARACTER_HOME": str(home)})
     assert r.returncode == 1 and "no such run" in r.stderr and len(r.stderr.strip().splitlines()) == 1
+
+
+def test_a_training_setting_added_later_keeps_finished_stages_fresh():
+    """`precision` came after runs began recording their settings: a DPO or SFT stage recorded by the
+    version before it (settings without the field) stays fresh under the default, and goes stale when the
+    recipe sets it; the pre-provenance (legacy) hash is unchanged too."""
+    from character.config import config_hash
+    from character.pipeline import _model, legacy_hash, stage_hash, stage_settings, what_changed
+    cfg = load_recipe(ROOT / "configs" / "pirate-cpu.yaml")
+    for stage in ("dpo", "sft"):
+        before = {k: v for k, v in getattr(cfg, stage).model_dump().items() if k != "precision"}
+        recorded = {stage: before, "student": _model(cfg, cfg.models.student)}
+        assert stage_hash(cfg, stage) == config_hash(recorded)
+        assert legacy_hash(cfg, stage) == config_hash(before)
+        changed = load_recipe(ROOT / "configs" / "pirate-cpu.yaml", [f"{stage}.precision=fp32"])
+        assert stage_hash(changed, stage) != config_hash(recorded)
+        assert f"{stage}.precision '(unset)' -> 'fp32'" in what_changed(recorded, stage_settings(changed, stage))

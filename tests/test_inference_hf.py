@@ -129,27 +129,40 @@ def test_length_batches_keep_padding_within_the_budget():
 
 def test_shared_system_prompt_is_computed_once_with_the_same_answers(embedded):
     """Prompts under one long system prompt reuse its key/value cache (the teacher's constitution, the
-    prompted evaluation methods): the greedy answers and the judge's label log-probs must equal those
-    computed without the shared cache, and prompts under different system prompts must not mix."""
+    prompted evaluation methods), and judge prompts that open with the same character text reuse theirs:
+    in float32 the greedy answers (in input order, n > 1 included) and the judge's label log-probs must equal
+    those computed without the shared cache, and prompts under different system prompts must not mix."""
     from character.inference.hf import PREFIX_MIN_TOKENS, shared_prefix
     from character.scorers import pair_conversation
-    pirate, stoic = C.render_system_prompt(C.load("pirate")), C.render_system_prompt(C.load("stoic"))
+    pirate_c = C.load("pirate")
+    pirate, stoic = C.render_system_prompt(pirate_c), C.render_system_prompt(C.load("stoic"))
     asks = ["Name a colour.", "How do I boil an egg?", "Write one sentence about the tides."]
-    convs = [[Message(role="system", content=s), *user(a)] for s in (pirate, stoic) for a in asks] + [user("Hi")]
-    ids = [embedded.tokenizer(embedded.render(c), add_special_tokens=False).input_ids for c in convs[:3]]
+    # interleaved, so grouping by system prompt has to put every answer back in its place
+    convs = [[Message(role="system", content=s), *user(a)] for a in asks for s in (pirate, stoic)] + [user("Hi")]
+    ids = [embedded.tokenizer(embedded.render(c), add_special_tokens=False).input_ids for c in convs[0::2][:3]]
     assert shared_prefix(ids) >= PREFIX_MIN_TOKENS  # the pirate's three prompts share a cacheable head
     assert shared_prefix([ids[0], ids[0][:10]]) == 0  # a short head is not worth a cache
-    greedy = SamplingParams(max_tokens=16, temperature=0)
-    judged = [pair_conversation("- I talk like a pirate.", "character", a, "Arr, " + a, "Sure. " + a) for a in asks]
+    character = "\n".join(f"- {t.trait}" for t in pirate_c.traits)
+    judged = [pair_conversation(character, "character", a, "Arr, " + a, "Sure. " + a) for a in asks]
+    judged_ids = [embedded.tokenizer(embedded.render(c), add_special_tokens=False).input_ids for c in judged]
+    assert shared_prefix(judged_ids) >= PREFIX_MIN_TOKENS  # the label reads take the cached path too
+    greedy, twice = SamplingParams(max_tokens=16, temperature=0), SamplingParams(max_tokens=8, temperature=0, n=2)
+    autocast = embedded.autocast
     try:
+        embedded.autocast = False  # exact equality is the float32 claim; bf16 rounding depends on shapes
         embedded.prefix_cache = False
         plain = [c[0].text for c in embedded.generate(convs, greedy)]
+        plain_twice = [[x.text for x in c] for c in embedded.generate(convs[:4], twice)]
         plain_lp = embedded.next_token_logprobs(judged, ["A", "B"])
-    finally:
         embedded.prefix_cache = True
-    assert [c[0].text for c in embedded.generate(convs, greedy)] == plain
-    assert plain[0] != plain[3]  # the two system prompts gave their own answers
-    for a, b in zip(embedded.next_token_logprobs(judged, ["A", "B"]), plain_lp, strict=True):
+        assert [c[0].text for c in embedded.generate(convs, greedy)] == plain
+        assert [[x.text for x in c] for c in embedded.generate(convs[:4], twice)] == plain_twice
+        cached_lp = embedded.next_token_logprobs(judged, ["A", "B"])
+    finally:
+        embedded.prefix_cache, embedded.autocast = True, autocast
+    assert plain[0] != plain[1]  # the two system prompts gave their own answers
+    assert all(len(set(c)) == 1 for c in plain_twice)  # greedy: both samples of a prompt alike
+    for a, b in zip(cached_lp, plain_lp, strict=True):
         assert a == pytest.approx(b, abs=1e-3)
 
 

@@ -146,9 +146,11 @@ class HFBackend:
         self.prefix_cache = True  # reuse a shared prompt head's cache across a batch (see generate)
         if precision not in ("auto", "bf16", "fp32"):
             raise ModelSpecError(f"precision={precision!r}: use auto, bf16 or fp32")
-        # A float32 model on a CPU with bf16 matrix instructions generates and judges under bf16 autocast
-        # (2.2x the tokens/s of float32 on 2 cores; benchmarks/RESULTS.md). Response log-probs (`logprobs`,
-        # the likelihood and perplexity figures) stay float32. On a GPU the model is loaded in bf16 already.
+        # A float32 model on a CPU with bf16 matrix instructions generates and reads judge labels under bf16
+        # autocast (1.5x the tokens/s of float32 at batch 64 on 2 cores; benchmarks/RESULTS.md). A judge's
+        # label reads are checked on the same path by its calibration gate. Response log-probs (`logprobs`:
+        # the likelihood and perplexity figures, DPO's held-out check) stay float32. On a GPU the model is
+        # loaded in bf16 already.
         self.autocast = self.model.device.type == "cpu" and self.model.dtype == torch.float32 and (
             precision == "bf16" or (precision == "auto" and cpu_has_bf16()))
 
@@ -162,9 +164,12 @@ class HFBackend:
             if not (Path(path) / "adapter_config.json").exists():
                 raise ModelSpecError(f"adapters={path!r}: no adapter_config.json there; "
                                      "give a folder saved by PEFT (save_pretrained)")
-        # Adapters are folded into the weights, one after another: each LoRA's delta B@A is independent
-        # of the others, so this is exactly base + sum(delta_i), and decoding pays no extra LoRA products
-        # per layer and step.
+        if len(adapters) == 1 and model.dtype != torch.float32:
+            # a bf16/fp16 model keeps its adapter apart: folding a small LoRA change into 16-bit weights rounds it
+            return PeftModel.from_pretrained(model, adapters[0]).eval()
+        # Adapters are folded into float32 weights, one after another: each LoRA's delta B@A is independent
+        # of the others, so this is exactly base + sum(delta_i) up to float32 rounding, and decoding pays no
+        # extra LoRA products per layer and step.
         for path in adapters:
             model = PeftModel.from_pretrained(model, path).merge_and_unload()
         return model.eval()
@@ -220,12 +225,13 @@ class HFBackend:
         for i, c in enumerate(convs):
             groups.setdefault(c[0].content if c and c[0].role == "system" else "", []).append(i)
         plan = []  # (shared head, batch of item indices)
+        own = [0] * len(ids)  # each item's tokens after its group's shared head
         for items in groups.values():
-            head = shared_prefix([ids[i] for i in items]) if self.prefix_cache else 0
-            lengths = {i: len(ids[i]) - head for i in items}
-            order = sorted(items, key=lambda i: lengths[i])
-            for batch in length_batches(order, [lengths.get(i, 0) for i in range(len(ids))],
-                                        self.batch_size, self.batch_size * TOKENS_PER_ROW):
+            head = shared_prefix([ids[i] for i in items]) if self.prefix_cache and len(items) > 1 else 0
+            for i in items:
+                own[i] = len(ids[i]) - head
+            order = sorted(items, key=lambda i: own[i])
+            for batch in length_batches(order, own, self.batch_size, self.batch_size * TOKENS_PER_ROW):
                 plan.append((ids[batch[0]][:head], batch))
         results: list[Completion | None] = [None] * len(convs)
         bar = None
@@ -254,8 +260,9 @@ class HFBackend:
         return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast)
 
     def _head_cache(self, head: list[int]):
+        """The key/value cache of a shared prompt head."""
         with self._lock, torch.inference_mode(), self._fast():
-            out = self.model(input_ids=torch.tensor([head], device=self.device), use_cache=True)
+            out = self.model(input_ids=torch.tensor([head], device=self.device), use_cache=True, logits_to_keep=1)
         return out[CACHE_ARG]
 
     def _generate_batch(self, rows: list[list[int]], head: list[int], head_cache, params: SamplingParams) -> list[list[int]]:
