@@ -8,6 +8,7 @@ GPUs that support it, float32 otherwise.
 from __future__ import annotations
 
 import copy
+import functools
 import inspect
 import os
 import re
@@ -75,6 +76,7 @@ def load_model(path_or_id: str, device: str | None = None, dtype=None, load_in_4
     return tokenizer, model.eval()
 
 
+@functools.cache
 def cpu_has_bf16() -> bool:
     """bf16 matrix instructions on this CPU (x86 AVX512-BF16 or AMX, from /proc/cpuinfo). Where they are
     missing, bf16 arithmetic is emulated and slower than fp32."""
@@ -110,7 +112,14 @@ def length_batches(order: list[int], lengths: list[int], rows: int, budget: int)
 
 # transformers 5.24 renamed `past_key_values` to `cache` (the old name still works, with a warning)
 CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
-PREFIX_MIN_TOKENS = 64  # a shared prompt head at least this long is computed once and reused
+PREFIX_MIN_TOKENS = 64
+
+
+def per_row(head_cache, rows: int):
+    """A copy of a shared head's cache for each of `rows` rows (generation extends it in place)."""
+    cache = copy.deepcopy(head_cache)
+    cache.batch_repeat_interleave(rows)
+    return cache  # a shared prompt head at least this long is computed once and reused
 
 
 def shared_prefix(seqs: list[list[int]]) -> int:
@@ -220,7 +229,8 @@ class HFBackend:
         into batches of similar length, so little compute goes to padding. Results come back in
         input order."""
         convs = [c for c in conversations for _ in range(params.n)]
-        ids = [self.tokenizer(self.render(c), add_special_tokens=False).input_ids for c in convs]
+        once = [self.tokenizer(self.render(c), add_special_tokens=False).input_ids for c in conversations]
+        ids = [x for x in once for _ in range(params.n)]
         groups: dict[str, list[int]] = {}
         for i, c in enumerate(convs):
             groups.setdefault(c[0].content if c and c[0].role == "system" else "", []).append(i)
@@ -276,9 +286,7 @@ class HFBackend:
         kwargs = self._gen_kwargs(params)
         with self._lock, torch.inference_mode(), self._fast():
             if head_cache is not None:
-                cache = copy.deepcopy(head_cache)
-                cache.batch_repeat_interleave(len(rows))
-                kwargs[CACHE_ARG] = cache
+                kwargs[CACHE_ARG] = per_row(head_cache, len(rows))
             out = self.model.generate(input_ids=x, attention_mask=mask, **kwargs)
         return out[:, x.shape[1]:].tolist()
 
@@ -341,9 +349,7 @@ class HFBackend:
             pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, n_head:]
             kwargs = {}
             if head_cache is not None:
-                cache = copy.deepcopy(head_cache)
-                cache.batch_repeat_interleave(len(rows))
-                kwargs[CACHE_ARG] = cache
+                kwargs[CACHE_ARG] = per_row(head_cache, len(rows))
             with self._lock, torch.inference_mode(), self._fast():
                 logits = self.model(input_ids=x, attention_mask=mask, position_ids=pos, logits_to_keep=1,
                                     **kwargs).logits
