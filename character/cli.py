@@ -187,8 +187,11 @@ def cmd_stage(args) -> int:
 
 
 def cmd_preview(args) -> int:
+    import functools
+
     from . import constitution as C
     from .distill import make_pairs
+    from .persona import persona_scores
     from .inference import get_backend
     from .prompts import build_prompts
     from .runs import write_jsonl
@@ -208,12 +211,30 @@ def cmd_preview(args) -> int:
     if unknown or not 2 <= args.n <= 10:
         raise CharacterError(f"mix/n: sources are constitution, templates, generic and n is 2-10 (got {sorted(unknown)}, "
                              f"{args.n})")
+    if not 1 <= args.best_of <= 16 or not 0 <= args.guidance <= 10:
+        raise CharacterError(f"best_of={args.best_of}, guidance={args.guidance}: best-of is 1-16 and guidance 0-10")
     prompts = build_prompts(c, args.n, mix, seed=args.seed, hint_rate=args.hint_rate)
-    pairs, filtered = make_pairs(c, prompts, get_backend(args.teacher), get_backend(args.student),
-                                 SamplingParams(max_tokens=args.max_tokens, temperature=0.7, seed=args.seed,
-                                                repetition_penalty=1.1), drop_truncated=False)
+    student = get_backend(args.student)
+    scorer = None  # persona scores under the student, as distillation records them
+    if student.supports_logprobs:
+        scorer = functools.partial(persona_scores, student, C.render_system_prompt(c))
+    elif args.best_of > 1:
+        raise CharacterError(f"best_of={args.best_of}: ranks answers by persona score, which needs a student that "
+                             f"reads log-probabilities ({args.student!r} does not); use a local student or --best-of 1")
+    try:
+        pairs, filtered = make_pairs(c, prompts, get_backend(args.teacher), student,
+                                     SamplingParams(max_tokens=args.max_tokens, temperature=0.7, seed=args.seed,
+                                                    repetition_penalty=1.1), drop_truncated=False,
+                                     teacher_prompt=args.teacher_prompt, voice_examples=not args.no_voice_examples,
+                                     guidance=args.guidance, best_of=args.best_of, scorer=scorer)
+    except ValueError as e:
+        raise CharacterError(str(e)) from None
     write_jsonl(Path(args.out), pairs)
     print(f"{len(pairs)} pairs ({len(filtered)} filtered) written to {args.out}")
+    if scorer and pairs:
+        mean = lambda xs: sum(xs) / len(xs)  # noqa: E731
+        print(f"persona score (nats/token): teacher {mean([p.persona_chosen for p in pairs]):+.3f}, "
+              f"student {mean([p.persona_rejected for p in pairs]):+.3f}")
     return 0
 
 
@@ -535,6 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--hint-rate", type=float, default=0.2)
     pv.add_argument("--max-tokens", type=int, default=96)
     pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("--teacher-prompt", choices=["full", "traits-last", "short"], default="full",
+                    help="the teacher's system prompt form (as distill.teacher_prompt)")
+    pv.add_argument("--no-voice-examples", action="store_true", help="leave out the constitution's voice examples")
+    pv.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (local teachers)")
+    pv.add_argument("--best-of", type=int, default=1, help="teacher answers per prompt; keep the most in character")
     pv.add_argument("--out", required=True, help="JSONL of preference pairs")
     pv.set_defaults(func=cmd_preview)
 

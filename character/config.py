@@ -175,6 +175,17 @@ class DistillConfig(_Cfg):
     batch_size: int = Field(8, ge=1, description="Prompts per generation call; rows are saved after each call.")
     heldout: float = Field(0.1, ge=0, lt=1, description="Share of pairs kept out of DPO training for evaluation.")
     drop_truncated: bool = Field(True, description="Drop pairs where either answer hit the token limit.")
+    teacher_prompt: Literal["full", "traits-last", "short"] = Field(
+        "full", description="The teacher's system prompt: the full rendered constitution, the same with the "
+        "directives last, or the constitution's short system_prompt alone.")
+    voice_examples: bool = Field(True, description="Show the constitution's example exchanges to the teacher as "
+                                 "earlier turns (few-shot), when it has any.")
+    guidance: float = Field(1.0, ge=0, le=10, description="Classifier-free guidance scale between the teacher with "
+                            "and without its persona prompt (1: off). Local teachers (embedded, hf) only.")
+    best_of: int = Field(1, ge=1, le=16, description="Teacher answers sampled per prompt; the one with the highest "
+                         "persona score is kept. Needs a student model that reads log-probabilities.")
+    persona_filter: bool = Field(False, description="Drop pairs whose chosen answer's persona score is not above "
+                                 "the rejected answer's. Needs a student model that reads log-probabilities.")
 
 
 ATTENTION = {"q_proj", "k_proj", "v_proj", "o_proj"}
@@ -318,6 +329,15 @@ class RecipeConfig(_Cfg):
     sft: TrainConfig = Field(default_factory=lambda: TrainConfig(rank=64))
     merge: MergeConfig = Field(default_factory=MergeConfig)
     eval: EvalConfig = Field(default_factory=EvalConfig)
+
+    @model_validator(mode="after")
+    def _guidance(self) -> "RecipeConfig":
+        provider = self.models.teacher.split("/", 1)[0]
+        if self.distill.guidance != 1.0 and provider not in ("embedded", "hf"):
+            raise ValueError(f"distill.guidance={self.distill.guidance}: guidance runs two forward passes per token "
+                             f"inside a local model; teacher {self.models.teacher!r} is remote. Use a local teacher "
+                             "(embedded or hf/...) or set guidance: 1")
+        return self
 
     @model_validator(mode="after")
     def _together_sft(self) -> "RecipeConfig":

@@ -59,6 +59,22 @@ class Trait(BaseModel):
         return v
 
 
+class VoiceExample(BaseModel):
+    """A short exchange in the persona's voice. The distillation teacher sees a constitution's examples as
+    earlier turns of its conversation (few-shot), which moves a small teacher more than a description does."""
+    model_config = ConfigDict(extra="forbid")
+    user: str = Field(description="What the user says.")
+    assistant: str = Field(description="The persona's reply, in its own voice.")
+
+    @field_validator("user", "assistant")
+    @classmethod
+    def _text(cls, v: str) -> str:
+        v = v.strip()
+        if not v:
+            raise ValueError("empty; write the message, or remove this example")
+        return v
+
+
 class Constitution(BaseModel):
     model_config = ConfigDict(extra="forbid")
     name: str = Field(description="Safe slug: lowercase letters, digits, '-' or '_'.")
@@ -68,6 +84,8 @@ class Constitution(BaseModel):
     directives: list[str] = Field(default_factory=list, description="Style rules the persona follows.")
     safety: list[str] = Field(default_factory=list, description="Safety rules that hold in character.")
     signoffs: list[str] = Field(default_factory=list, description="Example sign-off lines.")
+    examples: list[VoiceExample] = Field(default_factory=list, description="A few short exchanges in the persona's "
+                                         "voice, shown to the distillation teacher as earlier turns.")
 
     @field_validator("name")
     @classmethod
@@ -100,18 +118,38 @@ def slugify(text: str) -> str:
     return s or "persona"
 
 
-def render_system_prompt(c: Constitution) -> str:
-    """The teacher's system prompt: persona, traits, directives, safety, sign-offs."""
-    parts = [c.system_prompt.strip() or f"You are {c.name.replace('-', ' ')}."]
-    parts.append("Your character, in your own words:\n" + "\n".join(f"- {t.trait}" for t in c.traits))
-    if c.directives:
-        parts.append("How you write:\n" + "\n".join(f"- {d}" for d in c.directives))
-    if c.safety:
-        parts.append("Limits you keep, even in character:\n" + "\n".join(f"- {s}" for s in c.safety))
-    if c.signoffs:
-        parts.append("Sign-offs you sometimes use: " + " / ".join(c.signoffs))
-    parts.append("Stay in character in every reply, without mentioning these instructions.")
-    return "\n\n".join(parts)
+PROMPT_FORMS = ("full", "traits-last", "short")
+
+
+def render_system_prompt(c: Constitution, form: str = "full") -> str:
+    """A system prompt from the constitution.
+
+    full         persona, traits, directives, safety, sign-offs (the reference form: evaluation and the
+                 persona score always use it)
+    traits-last  persona, traits as a short list, safety, sign-offs, then the directives last, nearest the
+                 conversation
+    short        the constitution's own `system_prompt` alone
+    """
+    persona = c.system_prompt.strip() or f"You are {c.name.replace('-', ' ')}."
+    if form == "short":
+        return persona
+    traits = "Your character, in your own words:\n" + "\n".join(f"- {t.trait}" for t in c.traits)
+    directives = "How you write:\n" + "\n".join(f"- {d}" for d in c.directives) if c.directives else ""
+    safety = "Limits you keep, even in character:\n" + "\n".join(f"- {s}" for s in c.safety) if c.safety else ""
+    signoffs = "Sign-offs you sometimes use: " + " / ".join(c.signoffs) if c.signoffs else ""
+    closing = "Stay in character in every reply, without mentioning these instructions."
+    order = ([persona, traits, safety, signoffs, directives, closing] if form == "traits-last" else
+             [persona, traits, directives, safety, signoffs, closing])
+    return "\n\n".join(p for p in order if p)
+
+
+def fingerprint_data(c: Constitution) -> dict:
+    """The constitution's content for provenance hashes; a field added later counts only when set, so files
+    written before it existed keep their hash."""
+    data = c.model_dump()
+    if not data["examples"]:
+        del data["examples"]
+    return data
 
 
 def persona_messages(c: Constitution, user: str) -> list[Message]:

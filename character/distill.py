@@ -9,6 +9,7 @@ pairs as an uninterrupted one.
 
 from __future__ import annotations
 
+import functools
 import time
 import unicodedata
 from pathlib import Path
@@ -16,6 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .constitution import Constitution, render_system_prompt
+from .persona import best_of as best_of_index, persona_scores
 from .types import Completion, Conversation, FilteredItem, Message, PreferencePair, Prompt, SamplingParams
 
 THINK_OPEN, THINK_CLOSE = "<think>\n", "</think>"
@@ -24,8 +26,14 @@ REQUEST_FAILED = "request_failed"
 
 # -- pure helpers ------------------------------------------------------------------------------
 
-def teacher_conversation(c: Constitution, prompt: str, reasoning_prefill: bool = False) -> Conversation:
-    conv = [Message(role="system", content=render_system_prompt(c)), Message(role="user", content=prompt)]
+def teacher_conversation(c: Constitution, prompt: str, reasoning_prefill: bool = False, form: str = "full",
+                         voice_examples: bool = True) -> Conversation:
+    """The teacher's request: the constitution as system prompt (in `form`), its voice examples as earlier
+    turns when `voice_examples`, then the prompt."""
+    conv = [Message(role="system", content=render_system_prompt(c, form))]
+    for ex in (c.examples if voice_examples else []):
+        conv += [Message(role="user", content=ex.user), Message(role="assistant", content=ex.assistant)]
+    conv.append(Message(role="user", content=prompt))
     if reasoning_prefill:
         traits = "\n".join(f"{i + 1}: {t.trait}" for i, t in enumerate(c.traits))
         conv.append(Message(role="assistant", content=(
@@ -74,31 +82,61 @@ def count_tokens(backend, text: str) -> int:
 
 def make_pairs(c: Constitution, prompts: list[Prompt], teacher, student, sampling: SamplingParams,
                reasoning_prefill: bool = False, max_prompt_tokens: int = 512,
-               drop_truncated: bool = True) -> tuple[list[PreferencePair], list[FilteredItem]]:
-    """Answer `prompts` with both models and return (pairs, filtered). No I/O."""
+               drop_truncated: bool = True, teacher_prompt: str = "full", voice_examples: bool = True,
+               guidance: float = 1.0, best_of: int = 1, persona_filter: bool = False,
+               scorer=None) -> tuple[list[PreferencePair], list[FilteredItem]]:
+    """Answer `prompts` with both models and return (pairs, filtered). No I/O.
+
+    `scorer(prompts, answers) -> persona scores` (persona.persona_scores with the reference model bound)
+    scores every answer when given; it is needed for `best_of` > 1 (the teacher samples that many
+    answers and the highest-scoring one is kept) and for `persona_filter` (a pair whose chosen answer
+    does not score above its rejected one is dropped as `not_more_in_character`). `guidance` != 1
+    samples the teacher with classifier-free guidance against the bare prompt (local teachers)."""
+    if (best_of > 1 or persona_filter) and scorer is None:
+        raise ValueError("best_of and persona_filter need a persona scorer (a reference model with log-probabilities)")
     prefill = reasoning_prefill and teacher.supports_prefill
-    t_out = teacher.generate([teacher_conversation(c, p.text, prefill) for p in prompts], sampling)
+    t_convs = [teacher_conversation(c, p.text, prefill, teacher_prompt, voice_examples) for p in prompts]
+    t_params = sampling.model_copy(update={"n": best_of})
+    if guidance != 1.0:
+        if not getattr(teacher, "supports_guidance", False):
+            raise ValueError(f"distill.guidance={guidance}: teacher {teacher.name!r} cannot guide its sampling; "
+                             "use a local teacher (embedded or hf/...) or set guidance: 1")
+        t_out = teacher.generate(t_convs, t_params, negatives=[student_conversation(p.text) for p in prompts],
+                                 guidance=guidance)
+    else:
+        t_out = teacher.generate(t_convs, t_params)
     s_out = student.generate([student_conversation(p.text) for p in prompts], sampling)
     pairs, filtered = [], []
+    rows = []  # (prompt, candidates, rejected) for the prompts that got answers
     for p, t, s in zip(prompts, t_out, s_out):
-        chosen = t[0]
-        errors = [x.error or "request failed" for x in (chosen, s[0]) if x.finish_reason == "error"]
+        errors = [x.error or "request failed" for x in (*t, s[0]) if x.finish_reason == "error"]
         if errors:  # not a filter: the request failed after its retries, and a rerun asks again
             filtered.append(FilteredItem(id=p.id, reason=f"{REQUEST_FAILED}: {errors[0]}"[:300]))
             continue
         if prefill:
-            answer = strip_reasoning(chosen.text)
-            if answer is None:
+            t = [x.model_copy(update={"text": strip_reasoning(x.text)}) for x in t if strip_reasoning(x.text) is not None]
+            if not t:
                 filtered.append(FilteredItem(id=p.id, reason="no_reasoning_end"))
                 continue
-            chosen = chosen.model_copy(update={"text": answer})
-        reason = filter_reason(count_tokens(student, p.text), max_prompt_tokens, chosen, s[0], drop_truncated)
+        rows.append((p, t, s[0]))
+    scores: list[list[float]] = [[None] * (len(t) + 1) for _, t, _ in rows]
+    if scorer is not None and rows:  # every candidate and rejected answer, in one batched call
+        flat = [(i, j, x.text) for i, (_, t, r) in enumerate(rows) for j, x in enumerate([*t, r])]
+        for (i, j, _), v in zip(flat, scorer([rows[i][0].text for i, _, _ in flat], [x for _, _, x in flat])):
+            scores[i][j] = v
+    for (p, t, rejected), sc in zip(rows, scores):
+        k = best_of_index(sc[:-1]) if best_of > 1 else 0
+        chosen = t[k]
+        reason = filter_reason(count_tokens(student, p.text), max_prompt_tokens, chosen, rejected, drop_truncated)
+        if reason is None and persona_filter and not sc[k] > sc[-1]:
+            reason = "not_more_in_character"
         if reason:
             filtered.append(FilteredItem(id=p.id, reason=reason))
             continue
-        pairs.append(PreferencePair(id=p.id, prompt=p.text, chosen=chosen.text, rejected=s[0].text, trait=p.trait,
+        pairs.append(PreferencePair(id=p.id, prompt=p.text, chosen=chosen.text, rejected=rejected.text, trait=p.trait,
                                     source=p.source, constitution=c.name, teacher_model=teacher.name,
-                                    student_model=student.name, sampling=sampling))
+                                    student_model=student.name, sampling=sampling, persona_chosen=sc[k],
+                                    persona_rejected=sc[-1], candidate_scores=sc[:-1] if best_of > 1 else None))
     return pairs, filtered
 
 
@@ -150,7 +188,7 @@ EXPORTERS = {"trl": to_trl, "openai-sft": to_openai_sft, "openai-dpo": to_openai
 
 def run(cfg, run_dir: Path) -> dict:
     from . import constitution as C
-    from .errors import GenerationError
+    from .errors import GenerationError, ValidationError
     from .inference import get_backend
     from .runs import JsonlWriter, read_jsonl, start_status, write_status
 
@@ -164,6 +202,14 @@ def run(cfg, run_dir: Path) -> dict:
     c = C.load(cfg.constitution)
     teacher = get_backend(cfg.models.teacher, **cfg.models.options.get(cfg.models.teacher, {}))
     student = get_backend(cfg.models.student, **cfg.models.options.get(cfg.models.student, {}))
+    d = cfg.distill
+    scorer = None  # persona scores under the student (the base model), wherever it reads log-probabilities
+    if student.supports_logprobs:
+        scorer = functools.partial(persona_scores, student, render_system_prompt(c))
+    elif d.best_of > 1 or d.persona_filter:
+        raise ValidationError(f"distill.best_of={d.best_of}, persona_filter={d.persona_filter}: both rank answers by "
+                          f"persona score, which reads log-probabilities; student {student.name!r} gives none. "
+                          "Use a local student (embedded, hf/..., vllm/...) or set best_of: 1, persona_filter: false")
     bs = cfg.distill.batch_size
     batches = [prompts[i:i + bs] for i in range(0, len(prompts), bs)]
     bar = tqdm(total=len(prompts), desc="distill", unit="prompt", initial=len(done_ids & {p.id for p in prompts}))
@@ -174,8 +220,9 @@ def run(cfg, run_dir: Path) -> dict:
             if all(p.id in done_ids for p in batch):
                 continue
             sampling = cfg.distill.sampling.model_copy(update={"seed": cfg.seed * 100003 + b})
-            pairs, dropped = make_pairs(c, batch, teacher, student, sampling, cfg.distill.reasoning_prefill,
-                                        cfg.prompts.max_prompt_tokens, cfg.distill.drop_truncated)
+            pairs, dropped = make_pairs(c, batch, teacher, student, sampling, d.reasoning_prefill,
+                                        cfg.prompts.max_prompt_tokens, d.drop_truncated, d.teacher_prompt,
+                                        d.voice_examples, d.guidance, d.best_of, d.persona_filter, scorer)
             for p in pairs:
                 if p.id not in done_ids:
                     pw.write(p.model_copy(update={"heldout": is_heldout(p.id, cfg.distill.heldout)}))

@@ -61,6 +61,11 @@ class Share(_M):
     low: float
     high: float
     n: int
+    # persona score (persona.py) of the same answers under the base model, mean nats/token with its interval;
+    # None in logs written before it was measured, or where the base model reads no log-probabilities
+    persona: float | None = None
+    persona_low: float | None = None
+    persona_high: float | None = None
 
 
 class TraitRating(_M):

@@ -43,16 +43,22 @@ def _model(cfg: RecipeConfig, spec: str) -> dict:
 def constitution_fingerprint(ref: str) -> str:
     """Content hash of the constitution a recipe names (an edited file makes its stages stale)."""
     from . import constitution as C
-    return stable_id(C.load(ref).model_dump())
+    return stable_id(C.fingerprint_data(C.load(ref)))
 
 
-# Training settings added after runs began recording their settings count only when set away from their
-# default, so upgrading does not make every finished DPO and SFT stage stale.
+# Settings added after runs began recording their settings count only when set away from their default,
+# so upgrading does not make every finished stage stale.
 ADDED_LATER = {"precision": "auto"}
+DISTILL_ADDED_LATER = {"teacher_prompt": "full", "voice_examples": True, "guidance": 1.0, "best_of": 1,
+                       "persona_filter": False}
 
 
 def train_settings(tcfg) -> dict:
     return {k: v for k, v in tcfg.model_dump().items() if ADDED_LATER.get(k, object()) != v}
+
+
+def distill_settings(dcfg) -> dict:
+    return {k: v for k, v in dcfg.model_dump().items() if DISTILL_ADDED_LATER.get(k, object()) != v}
 
 
 def stage_settings(cfg: RecipeConfig, stage: str) -> dict:
@@ -65,7 +71,7 @@ def stage_settings(cfg: RecipeConfig, stage: str) -> dict:
             s["teacher"] = _model(cfg, m.teacher)
         return s
     if stage == "distill":
-        return {"distill": cfg.distill.model_dump(), "seed": cfg.seed, "teacher": _model(cfg, m.teacher),
+        return {"distill": distill_settings(cfg.distill), "seed": cfg.seed, "teacher": _model(cfg, m.teacher),
                 "student": _model(cfg, m.student), "constitution": constitution_fingerprint(cfg.constitution),
                 "max_prompt_tokens": cfg.prompts.max_prompt_tokens}
     if stage in ("dpo", "sft"):
@@ -122,7 +128,7 @@ def staleness(cfg: RecipeConfig, rdir: Path, stage: str) -> str | None:
 def legacy_hash(cfg: RecipeConfig, stage: str) -> str:
     """The settings hash the version before provenance recorded, for the same recipe."""
     if stage == "distill":
-        return config_hash({"distill": cfg.distill.model_dump(), "models": cfg.models.model_dump(),
+        return config_hash({"distill": distill_settings(cfg.distill), "models": cfg.models.model_dump(),
                             "constitution": cfg.constitution})
     return config_hash(train_settings(getattr(cfg, stage)) if stage in ("dpo", "sft") else getattr(cfg, stage))
 

@@ -77,6 +77,20 @@ def checkpoints(rdir: Path) -> list[dict]:
     return out
 
 
+def persona_of_pairs(rdir: Path) -> dict | None:
+    """Mean persona scores of a run's preference pairs (chosen = teacher, rejected = student), where recorded."""
+    from .runs import read_jsonl
+    from .types import PreferencePair
+    path = rdir / "distill" / "pairs.jsonl"
+    pairs = [p for p in (read_jsonl(path, PreferencePair) if path.exists() else []) if p.persona_chosen is not None]
+    if not pairs:
+        return None
+    n = len(pairs)
+    return {"n": n, "chosen": sum(p.persona_chosen for p in pairs) / n,
+            "rejected": sum(p.persona_rejected for p in pairs) / n,
+            "above": sum(p.persona_chosen > p.persona_rejected for p in pairs) / n}
+
+
 def run_summary(rdir: Path, timings: dict | None = None) -> str:
     timings = timings or {}
     lines = [f"run: {rdir}", "", f"{'stage':11} {'state':11} {'rows':>6}  {'time':>6}  output"]
@@ -102,6 +116,11 @@ def run_summary(rdir: Path, timings: dict | None = None) -> str:
             lines.append(f"{'':11} warning: {st.warning}")
         if (rdir / stage / "curves.png").exists():
             lines.append(f"{'':11} curves: {rdir / stage / 'curves.png'}")
+    p = persona_of_pairs(rdir)
+    if p:
+        lines += ["", f"persona score of the pairs (nats/token the constitution adds, base model): teacher "
+                  f"{p['chosen']:+.3f}, student {p['rejected']:+.3f}; teacher above student in {p['above']:.0%} of "
+                  f"{p['n']} pairs"]
     m = checkpoint_metrics(rdir, "dpo")
     if m:
         lines += ["", "character check (held-out pairs, no system prompt):"]
@@ -244,6 +263,12 @@ def report_tables(runs: list[Path]) -> list[tuple[str, list[str], list[list[str]
                       ["minimum detectable difference, trained vs base (80% power, 5% level)"] + mde]) + [
                      [k.replace("|", " / ")] + [_ci(s["robustness"][k], "in_character") if k in s.get("robustness", {}) else "n/a"
                             for s in sums] for k in keys]))
+        if any(v.get("persona") is not None for s in sums for v in s.get("robustness", {}).values()):
+            from .evaluate import _ci_persona
+            out.append(("Persona score: how much the constitution explains each answer, under the base model "
+                        "(judge-free, mean nats/token, 95% interval; above 0 = in character)", ["method / attack", *names],
+                        [[k.replace("|", " / ")] + [_ci_persona(s["robustness"][k]) if k in s.get("robustness", {})
+                                                    else "n/a" for s in sums] for k in keys]))
     if any("preferences" in s for s in sums):
         from .judges import calibration_of, judged
         cals = [calibration_of(s["preferences"]) if "preferences" in s else None for s in sums]
@@ -359,6 +384,23 @@ def report_figures(runs: list[Path]) -> list[tuple[str, object]]:
         fig.update_layout(barmode="group", title="Robustness: share called in character, per method and attack",
                           yaxis={"range": [0, 1.05], "title": "in-character share"}, height=420)
         figs.append(("robustness", fig))
+
+    fig = go.Figure()
+    for name, s in sums:
+        rob = s.get("robustness") or {}
+        attacks = sorted({k.split("|")[1] for k in rob}, key=lambda a: (a != "none", a))
+        for method in ("base", "prompted", "trained", "trained+prompted"):
+            vals = [rob.get(f"{method}|{a}") or {} for a in attacks]
+            if any(v.get("persona") is None for v in vals):
+                continue
+            fig.add_trace(go.Bar(
+                x=attacks, y=[v["persona"] for v in vals], name=f"{name}: {method}" if multi else method,
+                error_y={"type": "data", "symmetric": False, "array": [v["persona_high"] - v["persona"] for v in vals],
+                         "arrayminus": [v["persona"] - v["persona_low"] for v in vals]}))
+    if fig.data:
+        fig.update_layout(barmode="group", title="Persona score (judge-free): nats/token the constitution adds to "
+                          "each answer under the base model", yaxis={"title": "persona score"}, height=420)
+        figs.append(("persona", fig))
 
     fig = go.Figure()
     for name, s in sums:

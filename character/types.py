@@ -79,6 +79,11 @@ class PreferencePair(Record):
     sampling: SamplingParams = Field(default_factory=SamplingParams)
     heldout: bool | None = Field(None, description="Kept out of training for evaluation; decided once, when the "
                                  "pair was made (None: a file from before the split was recorded).")
+    persona_chosen: float | None = Field(None, description="Persona score of the chosen answer (persona.py); None "
+                                         "where the student model reads no log-probabilities.")
+    persona_rejected: float | None = Field(None, description="Persona score of the rejected answer.")
+    candidate_scores: list[float] | None = Field(None, description="Persona scores of the teacher's best_of "
+                                                 "candidates; the chosen answer is the highest.")
 
 
 class SFTExample(Record):

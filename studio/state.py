@@ -50,12 +50,17 @@ def validate_text(text: str, fmt: str) -> C.Constitution:
 
 
 def constitution_from_form(name: str, description: str, system_prompt: str, traits: list[tuple[str, str]],
-                           directives: str, safety: str, signoffs: str) -> C.Constitution:
-    """Form fields -> a validated Constitution (questions: one per line)."""
+                           directives: str, safety: str, signoffs: str,
+                           examples: list[dict] | None = None) -> C.Constitution:
+    """Form fields -> a validated Constitution (questions: one per line; voice examples: rows of the
+    form's table with `user` and `assistant`, blank rows skipped)."""
     lines = lambda text: [x.strip() for x in text.splitlines() if x.strip()]  # noqa: E731
+    text = lambda v: v.strip() if isinstance(v, str) else ""  # noqa: E731 - empty table cells come back as None
     data = {"name": name.strip(), "description": description.strip(), "system_prompt": system_prompt.strip(),
             "traits": [{"trait": t.strip(), "questions": lines(q)} for t, q in traits if t.strip() or q.strip()],
-            "directives": lines(directives), "safety": lines(safety), "signoffs": lines(signoffs)}
+            "directives": lines(directives), "safety": lines(safety), "signoffs": lines(signoffs),
+            "examples": [{"user": text(e.get("user")), "assistant": text(e.get("assistant"))} for e in examples or []
+                         if text(e.get("user")) or text(e.get("assistant"))]}
     return C.from_data(data, source="form")
 
 
@@ -137,8 +142,8 @@ def preview_rows(constitution: str) -> list[dict]:
 
     from character.types import PreferencePair
     p = Path(preview_path(constitution))
-    return [{"prompt": x.prompt, "chosen (teacher, in character)": x.chosen,
-             "rejected (student, plain)": x.rejected, "source": x.source}
+    return [{"prompt": x.prompt, "chosen (teacher, in character)": x.chosen, "teacher persona score": x.persona_chosen,
+             "rejected (student, plain)": x.rejected, "student persona score": x.persona_rejected, "source": x.source}
             for x in (read_jsonl(p, PreferencePair) if p.exists() else [])]
 
 
@@ -153,8 +158,9 @@ def runs_table() -> list[dict]:
 def pairs_rows(run: str) -> list[dict]:
     from character.types import PreferencePair
     p = run_dir(run) / "distill" / "pairs.jsonl"
-    return [{"prompt": x.prompt, "chosen": x.chosen, "rejected": x.rejected, "source": x.source,
-             "trait": x.trait or ""} for x in (read_jsonl(p, PreferencePair) if p.exists() else [])]
+    return [{"prompt": x.prompt, "chosen": x.chosen, "chosen persona score": x.persona_chosen, "rejected": x.rejected,
+             "rejected persona score": x.persona_rejected, "source": x.source, "trait": x.trait or ""}
+            for x in (read_jsonl(p, PreferencePair) if p.exists() else [])]
 
 
 def sft_rows(run: str) -> list[dict]:

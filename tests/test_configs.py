@@ -122,3 +122,22 @@ def test_a_training_setting_added_later_keeps_finished_stages_fresh():
         changed = load_recipe(ROOT / "configs" / "pirate-cpu.yaml", [f"{stage}.precision=fp32"])
         assert stage_hash(changed, stage) != config_hash(recorded)
         assert f"{stage}.precision '(unset)' -> 'fp32'" in what_changed(recorded, stage_settings(changed, stage))
+
+
+def test_distill_settings_added_later_keep_finished_stages_fresh_and_guidance_needs_a_local_teacher():
+    """The teacher options of issue 12 count in the distill stage's identity only when set away from their
+    defaults; guidance with a remote teacher is refused with one line naming the field and the fix."""
+    from character.config import config_hash
+    from character.errors import CharacterError
+    from character.pipeline import DISTILL_ADDED_LATER, legacy_hash, stage_hash, stage_settings
+    cfg = load_recipe(ROOT / "configs" / "pirate-cpu.yaml", ["distill.guidance=1", "distill.best_of=1"])
+    before = {k: v for k, v in cfg.distill.model_dump().items() if k not in DISTILL_ADDED_LATER}
+    recorded = {**stage_settings(cfg, "distill"), "distill": before}
+    assert stage_hash(cfg, "distill") == config_hash(recorded)
+    assert legacy_hash(cfg, "distill") == config_hash({"distill": before, "models": cfg.models.model_dump(),
+                                                       "constitution": cfg.constitution})
+    changed = load_recipe(ROOT / "configs" / "pirate-cpu.yaml", ["distill.guidance=1", "distill.best_of=2"])
+    assert stage_hash(changed, "distill") != config_hash(recorded)
+    with pytest.raises(CharacterError) as e:
+        load_recipe(ROOT / "configs" / "pirate-cpu.yaml", ["distill.guidance=2", "models.teacher=openai/gpt-4o-mini"])
+    assert "distill.guidance" in str(e.value) and "local teacher" in str(e.value) and "\n" not in str(e.value)

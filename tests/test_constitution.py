@@ -52,6 +52,8 @@ def test_cli_validate_passes_on_shipped():
     ({**GOOD, "name": "a/b"}, "name='a/b'"),
     ({**GOOD, "colour": "blue"}, "colour"),
     ({"traits": GOOD["traits"]}, "name"),
+    ({**GOOD, "examples": [{"user": "Hi", "assistant": " "}]}, "examples[0].assistant"),
+    ({**GOOD, "examples": [{"user": "Hi"}]}, "examples[0].assistant"),
 ])
 def test_malformed_fields_give_one_line(tmp_path, data, expect):
     p = write(tmp_path, "bad.yaml", data)
@@ -121,3 +123,17 @@ def test_show_unknown_name_is_one_line():
     r = run_cli("constitution", "show", "no-such-persona")
     assert r.returncode == 1 and "not found" in r.stderr and "pirate" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
+
+
+def test_voice_examples_are_optional_and_leave_older_fingerprints_alone():
+    """A constitution without examples hashes as it did before the field existed (its runs stay fresh); one
+    with examples hashes differently from the same file without them."""
+    from character.pipeline import constitution_fingerprint
+    from character.types import stable_id
+    c = C.from_data(GOOD)
+    assert c.examples == []
+    old = {k: v for k, v in c.model_dump().items() if k != "examples"}
+    assert stable_id(C.fingerprint_data(c)) == stable_id(old)
+    with_ex = C.from_data({**GOOD, "examples": [{"user": "Hi", "assistant": "Arr!"}]})
+    assert stable_id(C.fingerprint_data(with_ex)) != stable_id(old)
+    assert constitution_fingerprint("pirate") == stable_id(C.fingerprint_data(C.load("pirate")))

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+import pytest
+
 from character import constitution as C
 from character.distill import (EXPORTERS, from_trl, is_heldout, make_pairs, strip_reasoning, teacher_conversation,
                                to_openai_dpo, to_trl)
@@ -77,3 +79,44 @@ def test_heldout_split_is_deterministic():
     assert 0.07 < share < 0.13
     assert [is_heldout(i, 0.1) for i in ids] == [is_heldout(i, 0.1) for i in ids]
     assert not any(is_heldout(i, 0.0) for i in ids)
+
+
+@pytest.mark.slow
+def test_best_of_keeps_the_highest_scoring_candidate_and_the_persona_filter_is_counted(embedded):
+    """best_of samples n teacher answers and keeps the one the persona scorer ranks highest (the same
+    candidates, by seed, as a direct n-sample call); every score is recorded with its pair; with the filter
+    on, a pair whose chosen answer does not score above the rejected one is dropped and counted."""
+    from character.distill import reason_counts
+    c = C.load("pirate")
+    prompts = [P(1, "How do I boil an egg?"), P(2, "Name a colour."), P(3, "What is a budget?")]
+    params = SamplingParams(max_tokens=12, temperature=1.0, seed=7)
+    length = lambda ps, answers: [float(len(a)) for a in answers]  # noqa: E731 - a scorer that prefers long answers
+    pairs, filtered = make_pairs(c, prompts, embedded, embedded, params, drop_truncated=False, best_of=3,
+                                 scorer=length)
+    candidates = embedded.generate([teacher_conversation(c, p.text) for p in prompts], params.model_copy(update={"n": 3}))
+    assert not filtered and len(pairs) == 3
+    for pair, cands in zip(pairs, candidates, strict=True):
+        assert pair.candidate_scores == [float(len(x.text)) for x in cands]
+        assert pair.chosen == max((x.text for x in cands), key=len)
+        assert pair.persona_chosen == max(pair.candidate_scores) and pair.persona_rejected == len(pair.rejected)
+    short_first = lambda ps, answers: [-float(len(a)) for a in answers]  # noqa: E731
+    unfiltered, _ = make_pairs(c, prompts, embedded, embedded, params, drop_truncated=False, scorer=short_first)
+    kept, dropped = make_pairs(c, prompts, embedded, embedded, params, drop_truncated=False, persona_filter=True,
+                               scorer=short_first)
+    assert [p.id for p in kept] == [p.id for p in unfiltered if p.persona_chosen > p.persona_rejected]
+    assert reason_counts(dropped) == ({"not_more_in_character": 3 - len(kept)} if len(kept) < 3 else {})
+    with pytest.raises(ValueError, match="persona scorer"):
+        make_pairs(c, prompts, embedded, embedded, params, best_of=2)
+
+
+def test_teacher_sees_its_prompt_form_and_voice_examples():
+    c = C.load("pirate")
+    assert c.examples, "the shipped pirate constitution carries voice examples"
+    conv = teacher_conversation(c, "hi")
+    assert [m.role for m in conv] == ["system"] + ["user", "assistant"] * len(c.examples) + ["user"]
+    assert conv[2].content == c.examples[0].assistant and conv[-1].content == "hi"
+    assert [m.role for m in teacher_conversation(c, "hi", voice_examples=False)] == ["system", "user"]
+    short = teacher_conversation(c, "hi", form="short")[0].content
+    assert short == c.system_prompt.strip()
+    last = teacher_conversation(c, "hi", form="traits-last")[0].content
+    assert last.index(c.directives[0]) > last.index(c.safety[0]) and c.traits[0].trait in last

@@ -175,3 +175,67 @@ def test_precision_option(embedded):
     assert HFBackend(embedded.path, precision="fp32").autocast is False
     with pytest.raises(ModelSpecError, match="precision='half'"):
         HFBackend(embedded.path, precision="half")
+
+
+def test_response_logprobs_reuse_a_shared_system_prompt(embedded):
+    """Responses scored under one long system prompt (the persona score's conditioned side) reuse its cache:
+    the per-token log-probs equal those computed without it, including responses that start alike (best-of-n
+    candidates to one prompt, where the shared head must stop inside the prompt)."""
+    system = C.render_system_prompt(C.load("pirate"))
+    asks = ["How do I boil an egg?", "How do I boil an egg?", "Name a colour.", "Name a colour."]
+    answers = ["Arr, boil it in a pot, matey.", "Arr, boil it in a kettle.", "Blue.", "Red, like a sunset at sea."]
+    convs = [[Message(role="system", content=system), *user(a)] for a in asks] + [user(a) for a in asks]
+    try:
+        embedded.prefix_cache = False
+        plain = embedded.logprobs(convs, answers * 2)
+    finally:
+        embedded.prefix_cache = True
+    cached = embedded.logprobs(convs, answers * 2)
+    assert [len(a) for a in cached] == [len(b) for b in plain]
+    for a, b in zip(cached, plain, strict=True):
+        assert a == pytest.approx(b, abs=1e-4)
+
+
+def test_guidance_is_the_plain_model_at_scale_1_and_mixes_logits_otherwise(embedded):
+    """Classifier-free guidance: at scale 1 greedy answers equal plain decoding; at scale 3 the first token
+    is the argmax of uncond + 3 * (cond - uncond), read from two separate forward passes here, for every row
+    of a batch with left padding on both branches."""
+    import torch
+    system = C.render_system_prompt(C.load("pirate"))
+    asks = ["How do I boil an egg?", "Write one sentence about the moon and the tides, please.", "Hi"]
+    cond = [[Message(role="system", content=system), *user(a)] for a in asks]
+    uncond = [user(a) for a in asks]
+    greedy = SamplingParams(max_tokens=10, temperature=0)
+    autocast, embedded.autocast = embedded.autocast, False  # float32: exact argmax comparisons
+    try:
+        plain = [c[0].text for c in embedded.generate(cond, greedy)]
+        once = [c[0].text for c in embedded.generate(cond, greedy, negatives=uncond, guidance=1.0)]
+        guided = embedded.generate(cond, SamplingParams(max_tokens=1, temperature=0), negatives=uncond, guidance=3.0)
+    finally:
+        embedded.autocast = autocast
+    assert once == plain
+    expected = []
+    with torch.inference_mode():
+        for c, u in zip(cond, uncond):
+            lc = torch.log_softmax(embedded.model(**embedded._encode([embedded.render(c)])).logits[0, -1].float(), -1)
+            lu = torch.log_softmax(embedded.model(**embedded._encode([embedded.render(u)])).logits[0, -1].float(), -1)
+            expected.append(embedded.tokenizer.decode([int((lu + 3 * (lc - lu)).argmax())]).strip())
+    assert [g[0].text for g in guided] == expected
+    assert any(g[0].text != p.split(" ")[0] for g, p in zip(guided, plain))  # guidance changed something
+    with pytest.raises(ValueError, match="negatives: 1 given for 3"):
+        embedded.generate(cond, greedy, negatives=uncond[:1], guidance=2.0)
+
+
+def test_persona_score_rises_when_the_system_prompt_explains_the_answer(embedded):
+    """The persona score (with minus without the persona prompt, mean nats/token) of an answer the prompt
+    makes likelier is above zero and above that of an answer it does not."""
+    from character.persona import persona_scores
+    system = ("You are Polly, a parrot. Whatever anyone says, you answer only: "
+              "'Squawk! Polly wants a cracker!'")
+    asks = ["What is the capital of France?", "How do I boil an egg?"]
+    parrot = ["Squawk! Polly wants a cracker!"] * 2
+    plain = ["The capital of France is Paris.", "Put the egg in boiling water for about eight minutes."]
+    s_parrot = persona_scores(embedded, system, asks, parrot)
+    s_plain = persona_scores(embedded, system, asks, plain)
+    assert all(p > 0 for p in s_parrot)
+    assert all(p > q for p, q in zip(s_parrot, s_plain))

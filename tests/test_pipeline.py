@@ -16,12 +16,16 @@ def recipe(tmp_path: Path, **changes) -> Path:
 
 def test_end_to_end_makes_a_more_in_character_model(tiny_run):
     from transformers import AutoModelForCausalLM
+
+    from character.runs import read_jsonl
+    from character.types import EvalSample, PreferencePair
     home, spec, r, ev = tiny_run["home"], tiny_run["recipe"], tiny_run["run"], tiny_run["eval"]
     tmp_path = spec.parent
     rdir = home / "runs" / "tiny"
     for stage in ("prompts", "distill", "dpo", "introspect", "sft", "merge"):
         assert (rdir / stage / "status.json").exists(), stage
     assert "character check" in r.stdout and "chat with it" in r.stdout
+    assert "persona score of the pairs" in r.stdout
     from character.runs import read_json
     m = read_json(rdir / "dpo" / "checkpoint.json")["metrics"]
     assert m["heldout_pairs"] >= 1
@@ -53,9 +57,17 @@ def test_end_to_end_makes_a_more_in_character_model(tiny_run):
     assert lk["low"] <= lk["gain_per_token"] <= lk["high"]
     assert lk["perplexity"]["plain"]["base"]["perplexity"] > 1 and lk["perplexity"]["in_character"]["trained"]["tokens"] > 0
     cells = summary["robustness"]
-    assert set(cells) == {f"{m}|{a}" for m in ("base", "prompted", "trained", "trained+prompted")
+    assert set(cells) == {f"{m}|{a}" for m in ("base", "prompted", "trained", "trained+prompted", "trained-base")
                           for a in ("none", "ignore_roleplay", "neutral_assistant", "prefill")}
     assert all(c["n"] == 2 and c["low"] <= c["in_character"] <= c["high"] for c in cells.values())
+    # the judge-free persona score of every answer, with its interval (base model, local: always measured)
+    assert all(c["persona_low"] <= c["persona"] <= c["persona_high"] for c in cells.values())
+    rob = read_jsonl(rdir / "eval" / "robustness.jsonl", EvalSample)
+    base_none = [x.meta["persona"] for x in rob if x.method == "base" and x.meta["attack"] == "none"]
+    assert cells["base|none"]["persona"] == pytest.approx(sum(base_none) / len(base_none))
+    assert "persona score" in ev.stdout
+    pairs = read_jsonl(rdir / "distill" / "pairs.jsonl", PreferencePair)
+    assert pairs and all(p.persona_chosen is not None and p.persona_rejected is not None for p in pairs)
     pref = summary["preferences"]
     for m in ("base", "trained"):  # every answer is a match, a 'neither' or a counted judge failure
         assert pref["answers"][m] == 4

@@ -29,7 +29,8 @@ def fixture_run(root, name, in_char, gain, passed=True):
                        "perplexity": {k: {m: {"perplexity": 5.0, "tokens": 10, "turns": 1} for m in ("base", "trained")}
                                       for k in ("in_character", "plain")}},
         "robustness": {f"{m}|{a}": {"in_character": in_char if m == "trained" else 0.25, "low": 0.0, "high": 1.0,
-                                    "n": 8}
+                                    "n": 8, "persona": 0.123 if m == "trained" else -0.2, "persona_low": -0.3,
+                                    "persona_high": 0.2}
                        for m in ("base", "prompted", "trained", "trained+prompted") for a in ("none", "prefill")},
         "preferences": {"judge": "embedded", "calibration": cal("preferences", passed), "matches": {"base": 3, "trained": 3}, "judge_failures": {"base": 1, "trained": 0},
                         "neither": {"base": 0, "trained": 1}, "judge_position_bias": 0.9,
@@ -56,10 +57,11 @@ def test_report_shows_the_fixture_numbers(tmp_path):
     html, md = write_report([r], tmp_path / "out")
     text = md.read_text()
     assert "| trained / none | 0.88 [0.00, 1.00] |" in text
+    assert "| trained / none | +0.123 [-0.300, +0.200] |" in text  # the persona-score table
     assert "+0.084 [+0.074, +0.094]" in text and "0.93" in text
     assert "W2/L0/T2, 1 failed" in text and "bold +50" in text
     page = html.read_text()
-    for fig in ("fig-preferences", "fig-robustness", "fig-judges", "fig-training_dpo"):
+    for fig in ("fig-preferences", "fig-robustness", "fig-persona", "fig-judges", "fig-training_dpo"):
         assert f"id='fig-{fig[4:]}'" in page
     assert "0.875" in page  # the robustness chart's point
     assert "calibrated: accuracy 0.92 [0.65, 0.99] on 12 known pairs" in text

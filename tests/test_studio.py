@@ -113,6 +113,19 @@ def test_constitution_form_saves_and_bad_input_writes_nothing(consts, home):
     assert "I am brave." in (consts / "brave-one.yaml").read_text()
 
 
+def test_constitution_form_keeps_voice_examples(consts, home):
+    """The form's voice-example table: filled rows are saved, blank rows skipped, a half-filled row is the
+    library's one-line error."""
+    from studio import state
+    c = state.constitution_from_form("ex-one", "", "You are brave.", [("I am brave.", "What scares you?")], "", "", "",
+                                     [{"user": "Hi", "assistant": "Hello, bravely."}, {"user": None, "assistant": ""}])
+    assert [(e.user, e.assistant) for e in c.examples] == [("Hi", "Hello, bravely.")]
+    from character.errors import CharacterError
+    with pytest.raises(CharacterError, match="examples"):
+        state.constitution_from_form("ex-two", "", "", [("I am brave.", "Why?")], "", "", "",
+                                     [{"user": "Hi", "assistant": None}])
+
+
 def test_raw_editor_shows_the_library_message(consts, home):
     at = page("constitutions")
     at.text_area(key="validate_text_(empty)_yaml").input("name: ok\ntraits: []\n").run()

@@ -137,6 +137,7 @@ def shared_prefix(seqs: list[list[int]]) -> int:
 
 class HFBackend:
     supports_logprobs = True
+    supports_guidance = True  # generate(..., negatives=, guidance=)
     supports_prefill = True
 
     def __init__(self, model: str, name: str | None = None, adapters: list[str] | None = None,
@@ -222,15 +223,28 @@ class HFBackend:
 
     # -- protocol ------------------------------------------------------------------------------
     def generate(self, conversations: list[Conversation], params: SamplingParams,
-                 json_schema: dict | None = None, progress: bool = False) -> list[list[Completion]]:
+                 json_schema: dict | None = None, progress: bool = False,
+                 negatives: list[Conversation] | None = None, guidance: float = 1.0) -> list[list[Completion]]:
         """Batched sampling. Conversations that share a long head (the same system prompt) are
         grouped, and the head's key/value cache is computed once per group and reused by every
         batch in it (`shared_prefix`); within a group, prompts are sorted by token length and cut
         into batches of similar length, so little compute goes to padding. Results come back in
-        input order."""
+        input order.
+
+        Classifier-free guidance: with `negatives` (one conversation per conversation, e.g. the same
+        request without the persona's system prompt) and `guidance` != 1, each step's next-token
+        log-probs are `uncond + guidance * (cond - uncond)`, where `uncond` comes from a second,
+        batched forward pass over the negatives (transformers' `guidance_scale` with
+        `negative_prompt_ids`, which keeps its own cache for that branch)."""
         convs = [c for c in conversations for _ in range(params.n)]
         once = [self.tokenizer(self.render(c), add_special_tokens=False).input_ids for c in conversations]
         ids = [x for x in once for _ in range(params.n)]
+        neg: list[list[int]] | None = None
+        if negatives is not None and guidance != 1.0:
+            if len(negatives) != len(conversations):
+                raise ValueError(f"negatives: {len(negatives)} given for {len(conversations)} conversations; give one each")
+            neg_once = [self.tokenizer(self.render(c), add_special_tokens=False).input_ids for c in negatives]
+            neg = [x for x in neg_once for _ in range(params.n)]
         groups: dict[str, list[int]] = {}
         for i, c in enumerate(convs):
             groups.setdefault(c[0].content if c and c[0].role == "system" else "", []).append(i)
@@ -255,7 +269,8 @@ class HFBackend:
             if head and (cached is None or cached[0] != head):
                 cached = (head, self._head_cache(head))
             new = self._generate_batch([ids[i][len(head):] for i in batch], head,
-                                       cached[1] if head else None, params)
+                                       cached[1] if head else None, params,
+                                       [neg[i] for i in batch] if neg else None, guidance)
             for row, i in enumerate(batch):
                 results[i] = self._finish(new[row], params)
             if bar:
@@ -275,15 +290,23 @@ class HFBackend:
             out = self.model(input_ids=torch.tensor([head], device=self.device), use_cache=True, logits_to_keep=1)
         return out[CACHE_ARG]
 
-    def _generate_batch(self, rows: list[list[int]], head: list[int], head_cache, params: SamplingParams) -> list[list[int]]:
+    def _left_padded(self, rows: list[list[int]], head: list[int] = ()):
+        pad = self.tokenizer.pad_token_id
+        width = max(len(r) for r in rows)
+        x = torch.tensor([list(head) + [pad] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[1] * len(head) + [0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        return x, mask
+
+    def _generate_batch(self, rows: list[list[int]], head: list[int], head_cache, params: SamplingParams,
+                        negatives: list[list[int]] | None = None, guidance: float = 1.0) -> list[list[int]]:
         """Left-pad the rows' own tokens and decode them together; with a shared head, its cache is
         copied to every row and the padding sits between head and row (the attention mask hides it
         and position ids count only real tokens, so each row sees exactly its own prompt)."""
-        pad = self.tokenizer.pad_token_id
-        width = max(len(r) for r in rows)
-        x = torch.tensor([head + [pad] * (width - len(r)) + r for r in rows], device=self.device)
-        mask = torch.tensor([[1] * len(head) + [0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        x, mask = self._left_padded(rows, head)
         kwargs = self._gen_kwargs(params)
+        if negatives:
+            kwargs["guidance_scale"] = guidance
+            kwargs["negative_prompt_ids"], kwargs["negative_prompt_attention_mask"] = self._left_padded(negatives)
         with self._lock, torch.inference_mode(), self._fast():
             if head_cache is not None:
                 kwargs[CACHE_ARG] = per_row(head_cache, len(rows))
@@ -305,28 +328,49 @@ class HFBackend:
         yield from streamer
         thread.join()
 
-    def logprobs(self, conversations: list[Conversation], responses: list[str]) -> list[list[float]]:
+    def logprobs(self, conversations: list[Conversation], responses: list[str], fast: bool = False) -> list[list[float]]:
         """Per-token log-probabilities of each response (its end-of-turn token included) given
-        its conversation, with the chat template applied as in training."""
-        out: list[list[float]] = []
-        step = self.logprob_batch_size
-        for start in range(0, len(conversations), step):
-            convs = conversations[start:start + step]
-            resps = responses[start:start + step]
-            seqs, n_prompt = [], []
-            for conv, resp in zip(convs, resps):
-                f_ids, n = response_token_ids(self.tokenizer, conv, resp)
-                seqs.append(f_ids)
-                n_prompt.append(n)
-            width = max(len(s) for s in seqs)
-            pad = self.tokenizer.pad_token_id
-            ids = torch.tensor([s + [pad] * (width - len(s)) for s in seqs], device=self.device)
-            mask = torch.tensor([[1] * len(s) + [0] * (width - len(s)) for s in seqs], device=self.device)
-            with self._lock, torch.inference_mode():
-                logits = self.model(input_ids=ids, attention_mask=mask).logits.float()
-            logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-            for row, (s, p) in enumerate(zip(seqs, n_prompt)):
-                out.append(logp[row, p - 1:len(s) - 1].tolist())
+        its conversation, with the chat template applied as in training. In float32, or under the
+        backend's bf16 autocast with `fast` (for scores that compare two readings of the same answer,
+        such as the persona score, where the rounding largely cancels). Conversations that share a
+        long head (the same system prompt) are grouped and the head is computed once per group, as in
+        `generate`."""
+        mixed = torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast and self.autocast)
+        seqs, n_prompt = [], []
+        for conv, resp in zip(conversations, responses, strict=True):
+            f_ids, n = response_token_ids(self.tokenizer, conv, resp)
+            seqs.append(f_ids)
+            n_prompt.append(n)
+        groups: dict[str, list[int]] = {}
+        for i, c in enumerate(conversations):
+            groups.setdefault(c[0].content if c and c[0].role == "system" else "", []).append(i)
+        out: list[list[float] | None] = [None] * len(seqs)
+        step, pad = self.logprob_batch_size, self.tokenizer.pad_token_id
+        for items in groups.values():
+            n_head = 0
+            if self.prefix_cache and len(items) > 1:  # the head stays inside every prompt
+                n_head = min(shared_prefix([seqs[i] for i in items]), min(n_prompt[i] for i in items) - 1)
+                n_head = n_head if n_head >= PREFIX_MIN_TOKENS else 0
+            head_cache = None
+            if n_head:
+                with self._lock, torch.inference_mode(), mixed:
+                    head_cache = self.model(input_ids=torch.tensor([seqs[items[0]][:n_head]], device=self.device),
+                                            use_cache=True, logits_to_keep=1)[CACHE_ARG]
+            for start in range(0, len(items), step):
+                batch = items[start:start + step]
+                rows = [seqs[i][n_head:] for i in batch]
+                width = max(len(r) for r in rows)  # right-padded: real tokens keep their positions
+                ids = torch.tensor([r + [pad] * (width - len(r)) for r in rows], device=self.device)
+                mask = torch.tensor([[1] * (n_head + len(r)) + [0] * (width - len(r)) for r in rows], device=self.device)
+                kwargs = {}
+                if head_cache is not None:
+                    kwargs[CACHE_ARG] = per_row(head_cache, len(rows))
+                    kwargs["position_ids"] = torch.arange(n_head, n_head + width, device=self.device).expand(len(rows), -1)
+                with self._lock, torch.inference_mode(), mixed:
+                    logits = self.model(input_ids=ids, attention_mask=mask, **kwargs).logits.float()
+                logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+                for row, i in enumerate(batch):
+                    out[i] = logp[row, n_prompt[i] - n_head - 1:len(seqs[i]) - n_head - 1].tolist()
         return out
 
     def next_token_logprobs(self, conversations: list[Conversation], candidates: list[str]) -> list[list[float]]:

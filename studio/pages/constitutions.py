@@ -27,6 +27,9 @@ with browse:
                     with st.expander(t.trait):
                         for q in t.questions:
                             st.markdown(f"- {q}")
+                if c.examples:
+                    st.caption("Voice examples")
+                    st.dataframe([e.model_dump() for e in c.examples], hide_index=True, key="browse_examples")
             with right:
                 st.caption("Teacher system prompt")
                 st.code(state.system_prompt(c), language=None)
@@ -49,11 +52,18 @@ with form:
         directives = st.text_area("Directives (one per line)", "\n".join(c0.directives) if c0 else "", key="f_dir")
         safety = st.text_area("Safety rules (one per line)", "\n".join(c0.safety) if c0 else "", key="f_safe")
         signoffs = st.text_area("Sign-offs (one per line)", "\n".join(c0.signoffs) if c0 else "", key="f_sign")
+        st.caption("Voice examples: a few short exchanges in the persona's voice. The distillation teacher sees "
+                   "them as earlier turns, which moves a small teacher more than the description does.")
+        examples = st.data_editor([e.model_dump() for e in c0.examples] if c0 else [{"user": "", "assistant": ""}],
+                                  num_rows="dynamic", key="f_examples", use_container_width=True,
+                                  column_config={"user": st.column_config.TextColumn("User says"),
+                                                 "assistant": st.column_config.TextColumn("The persona replies",
+                                                                                          width="large")})
         overwrite = st.checkbox("Overwrite if it exists", key="f_over")
         submitted = st.form_submit_button("Save constitution")
     if submitted:
         try:
-            c = state.constitution_from_form(name, desc, sysp, traits, directives, safety, signoffs)
+            c = state.constitution_from_form(name, desc, sysp, traits, directives, safety, signoffs, examples)
             st.success(f"Saved {c.name}: {state.save_constitution(c, overwrite)}")
         except CharacterError as e:
             st.error(str(e))

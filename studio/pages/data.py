@@ -26,12 +26,23 @@ with st.form("preview_form"):
     m_const = a.slider("Share: constitution questions", 0.0, 1.0, 0.5, key="pv_mc")
     m_templ = b.slider("Share: templates", 0.0, 1.0, 0.25, key="pv_mt")
     m_gen = c.slider("Share: generic requests", 0.0, 1.0, 0.25, key="pv_mg")
+    a, b, c = st.columns(3)
+    form = a.selectbox("Teacher prompt", ["full", "traits-last", "short"], key="pv_form",
+                       help="full: the rendered constitution; traits-last: directives nearest the conversation; "
+                            "short: the constitution's system prompt alone.")
+    guidance = b.number_input("Guidance scale", 1.0, 4.0, 1.0, 0.5, key="pv_guidance",
+                              help="Classifier-free guidance toward the persona prompt (1 = off; local teachers).")
+    best = c.number_input("Best of", 1, 8, 1, key="pv_best", help="Teacher answers per prompt; the one with the "
+                          "highest persona score is kept.")
+    examples = st.checkbox("Show the teacher the constitution's voice examples", True, key="pv_examples")
     go = st.form_submit_button("Generate preview")
 if go:
     mix = f"constitution={m_const},templates={m_templ},generic={m_gen}"
     job = state.launch(constitution, "preview", ["preview", f"--n={n}", f"--teacher={teacher}",
                                                  f"--student={student}", f"--mix={mix}", f"--hint-rate={hint}",
-                                                 f"--max-tokens={int(tokens)}",
+                                                 f"--max-tokens={int(tokens)}", f"--teacher-prompt={form}",
+                                                 f"--guidance={guidance}", f"--best-of={int(best)}",
+                                                 *([] if examples else ["--no-voice-examples"]),
                                                  f"--out={state.preview_path(constitution)}", "--", constitution])
     st.info(f"Generating as job {job.id} (the page updates by itself).")
 
@@ -46,6 +57,15 @@ def preview():
         st.error(f"job {job.id} {job.status}:\n{state.job_log(job, 5)}")
     rows = state.preview_rows(constitution)
     if rows:
+        scored = [r for r in rows if r["teacher persona score"] is not None]
+        if scored:
+            t = sum(r["teacher persona score"] for r in scored) / len(scored)
+            s = sum(r["student persona score"] for r in scored) / len(scored)
+            (st.success if t > s else st.warning)(
+                f"Persona score (nats/token the constitution adds, under the student model): teacher {t:+.3f}, "
+                f"student {s:+.3f}. " + ("The teacher reads more in character than the student." if t > s else
+                                         "The teacher is not more in character than the student: try guidance, "
+                                         "best-of or voice examples before training."))
         st.dataframe(rows, hide_index=True, key="preview_table")
 
 

@@ -82,6 +82,9 @@ with rob:
     if "robustness" in figs:
         st.plotly_chart(figs["robustness"], key="fig_rob")
     table("Robustness", "tbl_rob")
+    if "persona" in figs:
+        st.plotly_chart(figs["persona"], key="fig_persona")
+    table("Persona score", "tbl_persona")
 with judges:
     if "judges" in summary:
         for criterion in ("character", "coherence", "rubric", "persona_consistency", "helpfulness", "safety"):

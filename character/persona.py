@@ -1,0 +1,35 @@
+"""Persona score: a judge-free measure of how much the persona explains an answer.
+
+    score(answer | prompt) = mean log p_ref(answer tokens | constitution as system prompt, prompt)
+                           - mean log p_ref(answer tokens | prompt)
+
+in nats per token, under a reference model (the recipe's base model). Above zero, the constitution
+makes the answer likelier than the bare request does: the answer reads as the persona's. It needs
+no judge and no labels, only token log-probabilities, so it is computed in batches wherever the
+reference model is local (transformers, vLLM). The system prompt is always the full rendered
+constitution (`constitution.render_system_prompt`), whatever form the teacher was prompted with,
+so scores of different teacher settings are comparable.
+"""
+
+from __future__ import annotations
+
+from .types import Message
+
+
+def persona_scores(reference, system: str, prompts: list[str], answers: list[str]) -> list[float]:
+    """One score per (prompt, answer): mean token log-prob with `system` minus without it."""
+    if not answers:
+        return []
+    with_sys = [[Message(role="system", content=system), Message(role="user", content=p)] for p in prompts]
+    bare = [[Message(role="user", content=p)] for p in prompts]
+    # a local model reads both sides under its bf16 autocast where it has one (about 3x float32 on CPUs
+    # with bf16 instructions); the two readings share most of their rounding
+    fast = {"fast": True} if getattr(reference, "autocast", False) else {}
+    lp = reference.logprobs(with_sys + bare, list(answers) * 2, **fast)
+    n = len(answers)
+    return [sum(a) / len(a) - sum(b) / len(b) for a, b in zip(lp[:n], lp[n:], strict=True)]
+
+
+def best_of(scores: list[float]) -> int:
+    """Index of the highest score (the first one on ties)."""
+    return max(range(len(scores)), key=scores.__getitem__)
