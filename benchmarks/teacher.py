@@ -48,6 +48,12 @@ SETTINGS = {
 }
 
 
+def six_word_runs(text: str) -> set[str]:
+    """Every run of six words: an answer sharing one with a voice example copied it (rather than its voice)."""
+    w = re.findall(r"[a-z']+", text.lower())
+    return {" ".join(w[i:i + 6]) for i in range(len(w) - 5)}
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("run", nargs="?", default="pirate-cpu")
@@ -72,9 +78,10 @@ def main() -> None:
     print(f"{len(prompts)} prompts of run {a.run}; teacher {teacher.name}, reference {student.name}; "
           f"sampling {sampling.model_dump(exclude={'stop', 'n', 'seed'})}")
     print("| teacher setting | persona score (nats/token) [95% CI] | classifier in-character [95% CI] "
-          "| vocabulary words per 100 words | generation s | scoring s |")
-    print("|---|---|---|---|---|---|")
+          "| vocabulary words per 100 words | copies a voice example | generation s | scoring s |")
+    print("|---|---|---|---|---|---|---|")
     words = set(a.words.split(",")) if a.words else set()
+    example_runs = set().union(*[six_word_runs(e.assistant) for e in c.examples])
     saved = open(a.save, "w") if a.save else None
 
     def row(name: str, texts: list[str], gen_s: float, score_s: float, scores: list[float]) -> None:
@@ -88,8 +95,9 @@ def main() -> None:
             per = [100 * sum(w in words for w in re.findall(r"[a-z']+", t.lower())) / max(1, len(t.split())) for t in texts]
             v, vlo, vhi = mean_interval(per, rounds=1000)
             vocab = f"{v:.1f} [{vlo:.1f}, {vhi:.1f}]"
-        print(f"| {name} | {m:+.3f} [{lo:+.3f}, {hi:+.3f}] | {share} | {vocab} | {gen_s:.0f} | {score_s:.0f} |",
-              flush=True)
+        copies = sum(bool(six_word_runs(t) & example_runs) for t in texts)
+        print(f"| {name} | {m:+.3f} [{lo:+.3f}, {hi:+.3f}] | {share} | {vocab} | {copies}/{len(texts)} | {gen_s:.0f} "
+              f"| {score_s:.0f} |", flush=True)
         if saved:
             for p, t, sc in zip(prompts, texts, scores):
                 saved.write(json.dumps({"setting": name, "prompt": p, "answer": t, "persona": sc}) + "\n")

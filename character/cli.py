@@ -191,7 +191,7 @@ def cmd_preview(args) -> int:
 
     from . import constitution as C
     from .distill import make_pairs
-    from .persona import persona_scores
+    from .persona import persona_scores, scored_by_default
     from .inference import get_backend
     from .prompts import build_prompts
     from .runs import write_jsonl
@@ -216,7 +216,7 @@ def cmd_preview(args) -> int:
     prompts = build_prompts(c, args.n, mix, seed=args.seed, hint_rate=args.hint_rate)
     student = get_backend(args.student)
     scorer = None  # persona scores under the student, as distillation records them
-    if student.supports_logprobs:
+    if student.supports_logprobs and (args.best_of > 1 or scored_by_default(args.student)):
         scorer = functools.partial(persona_scores, student, C.render_system_prompt(c))
     elif args.best_of > 1:
         raise CharacterError(f"best_of={args.best_of}: ranks answers by persona score, which needs a student that "

@@ -337,6 +337,16 @@ class RecipeConfig(_Cfg):
             raise ValueError(f"distill.guidance={self.distill.guidance}: guidance runs two forward passes per token "
                              f"inside a local model; teacher {self.models.teacher!r} is remote. Use a local teacher "
                              "(embedded or hf/...) or set guidance: 1")
+        if self.distill.guidance != 1.0 and self.distill.reasoning_prefill:
+            raise ValueError(f"distill.guidance={self.distill.guidance}: guidance compares the teacher with the bare "
+                             "request, which has no reasoning prefill to continue; set reasoning_prefill: false or "
+                             "guidance: 1")
+        d = self.distill
+        if (d.best_of > 1 or d.persona_filter) and self.models.student.split("/", 1)[0] == "openai":
+            raise ValueError(f"distill.best_of={d.best_of}, persona_filter={d.persona_filter}: both rank answers by "
+                             f"persona score, which reads log-probabilities; student {self.models.student!r} "
+                             "(chat completions) gives none. Use a local student (embedded, hf/..., vllm/...) or "
+                             "set best_of: 1, persona_filter: false")
         return self
 
     @model_validator(mode="after")

@@ -143,11 +143,12 @@ def render_system_prompt(c: Constitution, form: str = "full") -> str:
     return "\n\n".join(p for p in order if p)
 
 
-def fingerprint_data(c: Constitution) -> dict:
-    """The constitution's content for provenance hashes; a field added later counts only when set, so files
-    written before it existed keep their hash."""
+def fingerprint_data(c: Constitution, with_examples: bool = False) -> dict:
+    """The constitution's content for provenance hashes. The voice examples count only where they are read
+    (distillation with `voice_examples` on), so adding or editing them leaves the prompts, introspection and
+    evaluation of existing runs fresh, and files written before the field existed keep their hash."""
     data = c.model_dump()
-    if not data["examples"]:
+    if not (with_examples and data["examples"]):
         del data["examples"]
     return data
 

@@ -17,7 +17,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .constitution import Constitution, render_system_prompt
-from .persona import best_of as best_of_index, persona_scores
+from .persona import best_of as best_of_index, persona_scores, scored_by_default
 from .types import Completion, Conversation, FilteredItem, Message, PreferencePair, Prompt, SamplingParams
 
 THINK_OPEN, THINK_CLOSE = "<think>\n", "</think>"
@@ -88,9 +88,10 @@ def make_pairs(c: Constitution, prompts: list[Prompt], teacher, student, samplin
     """Answer `prompts` with both models and return (pairs, filtered). No I/O.
 
     `scorer(prompts, answers) -> persona scores` (persona.persona_scores with the reference model bound)
-    scores every answer when given; it is needed for `best_of` > 1 (the teacher samples that many
-    answers and the highest-scoring one is kept) and for `persona_filter` (a pair whose chosen answer
-    does not score above its rejected one is dropped as `not_more_in_character`). `guidance` != 1
+    scores every answer that passed the filters when given; it is needed for `best_of` > 1 (the teacher
+    samples that many answers and the highest-scoring one of those that pass the filters is kept) and for
+    `persona_filter` (a pair whose chosen answer does not score above its rejected one is dropped as
+    `not_more_in_character`). `guidance` != 1
     samples the teacher with classifier-free guidance against the bare prompt (local teachers)."""
     if (best_of > 1 or persona_filter) and scorer is None:
         raise ValueError("best_of and persona_filter need a persona scorer (a reference model with log-probabilities)")
@@ -107,7 +108,7 @@ def make_pairs(c: Constitution, prompts: list[Prompt], teacher, student, samplin
         t_out = teacher.generate(t_convs, t_params)
     s_out = student.generate([student_conversation(p.text) for p in prompts], sampling)
     pairs, filtered = [], []
-    rows = []  # (prompt, candidates, rejected) for the prompts that got answers
+    rows = []  # (prompt, candidates that pass the filters, rejected) for the prompts still in play
     for p, t, s in zip(prompts, t_out, s_out):
         errors = [x.error or "request failed" for x in (*t, s[0]) if x.finish_reason == "error"]
         if errors:  # not a filter: the request failed after its retries, and a rerun asks again
@@ -118,22 +119,23 @@ def make_pairs(c: Constitution, prompts: list[Prompt], teacher, student, samplin
             if not t:
                 filtered.append(FilteredItem(id=p.id, reason="no_reasoning_end"))
                 continue
-        rows.append((p, t, s[0]))
-    scores: list[list[float]] = [[None] * (len(t) + 1) for _, t, _ in rows]
-    if scorer is not None and rows:  # every candidate and rejected answer, in one batched call
+        n_tokens = count_tokens(student, p.text)
+        reasons = [filter_reason(n_tokens, max_prompt_tokens, x, s[0], drop_truncated) for x in t]
+        if all(reasons):  # no candidate passes: the first one's reason is the pair's
+            filtered.append(FilteredItem(id=p.id, reason=reasons[0]))
+            continue
+        rows.append((p, [x for x, r in zip(t, reasons) if r is None], s[0]))
+    scores: list[list[float | None]] = [[None] * (len(t) + 1) for _, t, _ in rows]
+    if scorer is not None and rows:  # every remaining candidate and rejected answer, in one batched call
         flat = [(i, j, x.text) for i, (_, t, r) in enumerate(rows) for j, x in enumerate([*t, r])]
         for (i, j, _), v in zip(flat, scorer([rows[i][0].text for i, _, _ in flat], [x for _, _, x in flat])):
             scores[i][j] = v
     for (p, t, rejected), sc in zip(rows, scores):
-        k = best_of_index(sc[:-1]) if best_of > 1 else 0
-        chosen = t[k]
-        reason = filter_reason(count_tokens(student, p.text), max_prompt_tokens, chosen, rejected, drop_truncated)
-        if reason is None and persona_filter and not sc[k] > sc[-1]:
-            reason = "not_more_in_character"
-        if reason:
-            filtered.append(FilteredItem(id=p.id, reason=reason))
+        k = best_of_index(sc[:-1]) if scorer is not None else 0
+        if persona_filter and not sc[k] > sc[-1]:
+            filtered.append(FilteredItem(id=p.id, reason="not_more_in_character"))
             continue
-        pairs.append(PreferencePair(id=p.id, prompt=p.text, chosen=chosen.text, rejected=rejected.text, trait=p.trait,
+        pairs.append(PreferencePair(id=p.id, prompt=p.text, chosen=t[k].text, rejected=rejected.text, trait=p.trait,
                                     source=p.source, constitution=c.name, teacher_model=teacher.name,
                                     student_model=student.name, sampling=sampling, persona_chosen=sc[k],
                                     persona_rejected=sc[-1], candidate_scores=sc[:-1] if best_of > 1 else None))
@@ -203,8 +205,8 @@ def run(cfg, run_dir: Path) -> dict:
     teacher = get_backend(cfg.models.teacher, **cfg.models.options.get(cfg.models.teacher, {}))
     student = get_backend(cfg.models.student, **cfg.models.options.get(cfg.models.student, {}))
     d = cfg.distill
-    scorer = None  # persona scores under the student (the base model), wherever it reads log-probabilities
-    if student.supports_logprobs:
+    scorer = None  # persona scores under the student (the base model): always for local models, else on demand
+    if student.supports_logprobs and (d.best_of > 1 or d.persona_filter or scored_by_default(cfg.models.student)):
         scorer = functools.partial(persona_scores, student, render_system_prompt(c))
     elif d.best_of > 1 or d.persona_filter:
         raise ValidationError(f"distill.best_of={d.best_of}, persona_filter={d.persona_filter}: both rank answers by "

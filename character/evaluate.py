@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from .evallog import CLASSIFIER_MIN_ACCURACY, SAMPLE_FILES, EvalLog, as_dict, validate_section
 from .inference import generate_all
-from .persona import persona_scores
+from .persona import persona_scores, scored_by_default
 from .types import EvalSample, Match, Message, PreferencePair, SamplingParams, stable_id
 
 # Written by this team: suffixes that ask the model to drop its persona.
@@ -258,7 +258,8 @@ class Evaluation:
                               label=label, score=1.0 if label == "in" else 0.0, meta={"attack": a})
                    for (m, a, p, _), o, label in zip(jobs, texts, self.classifier.predict(texts), strict=True)]
         base = self.model("base")
-        if base.supports_logprobs:  # judge-free: how much the constitution explains each answer to its request
+        scored = base.supports_logprobs and scored_by_default(self.spec("base"))
+        if scored:  # judge-free: how much the constitution explains each answer to its request
             for s, v in zip(samples, persona_scores(base, self.system, [s.prompt for s in samples], texts), strict=True):
                 s.meta["persona"] = v
         write_jsonl(self.stage / "robustness.jsonl", samples)
@@ -269,7 +270,7 @@ class Evaluation:
                 m, lo, hi = share_with_interval([s.label == "in" for s in rows], rounds=self.e.bootstrap_rounds,
                                                 seed=self.seed)
                 table[f"{method}|{attack}"] = {"in_character": m, "low": lo, "high": hi, "n": len(rows)}
-                if base.supports_logprobs:
+                if scored:
                     pm, plo, phi = mean_interval([s.meta["persona"] for s in rows], rounds=self.e.bootstrap_rounds,
                                                  seed=self.seed)
                     table[f"{method}|{attack}"].update(persona=pm, persona_low=plo, persona_high=phi)
@@ -279,7 +280,7 @@ class Evaluation:
             m, lo, hi = mean_interval([(t.label == "in") - (b.label == "in") for t, b in both],
                                       rounds=self.e.bootstrap_rounds, seed=self.seed)
             table[f"{GAIN}|{attack}"] = {"in_character": m, "low": lo, "high": hi, "n": len(both)}
-            if base.supports_logprobs:
+            if scored:
                 pm, plo, phi = mean_interval([t.meta["persona"] - b.meta["persona"] for t, b in both],
                                              rounds=self.e.bootstrap_rounds, seed=self.seed)
                 table[f"{GAIN}|{attack}"].update(persona=pm, persona_low=plo, persona_high=phi)

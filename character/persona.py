@@ -27,7 +27,16 @@ def persona_scores(reference, system: str, prompts: list[str], answers: list[str
     fast = {"fast": True} if getattr(reference, "autocast", False) else {}
     lp = reference.logprobs(with_sys + bare, list(answers) * 2, **fast)
     n = len(answers)
-    return [sum(a) / len(a) - sum(b) / len(b) for a, b in zip(lp[:n], lp[n:], strict=True)]
+    return [sum(a) / max(1, len(a)) - sum(b) / max(1, len(b)) for a, b in zip(lp[:n], lp[n:], strict=True)]
+
+
+LOCAL_PROVIDERS = ("embedded", "hf", "vllm")
+
+
+def scored_by_default(spec: str) -> bool:
+    """Whether persona scores are read without being asked for: under local models, where they cost a batched
+    pass; a remote scorer (Tinker) is used only when an option needs the scores (best_of, persona_filter)."""
+    return spec.split("/", 1)[0] in LOCAL_PROVIDERS
 
 
 def best_of(scores: list[float]) -> int:

@@ -40,10 +40,11 @@ def _model(cfg: RecipeConfig, spec: str) -> dict:
     return {"spec": spec, **({"options": opts} if opts else {})}
 
 
-def constitution_fingerprint(ref: str) -> str:
-    """Content hash of the constitution a recipe names (an edited file makes its stages stale)."""
+def constitution_fingerprint(ref: str, with_examples: bool = False) -> str:
+    """Content hash of the constitution a recipe names (an edited file makes its stages stale); its voice
+    examples count only `with_examples` (the distillation teacher reads them)."""
     from . import constitution as C
-    return stable_id(C.fingerprint_data(C.load(ref)))
+    return stable_id(C.fingerprint_data(C.load(ref), with_examples))
 
 
 # Settings added after runs began recording their settings count only when set away from their default,
@@ -72,7 +73,8 @@ def stage_settings(cfg: RecipeConfig, stage: str) -> dict:
         return s
     if stage == "distill":
         return {"distill": distill_settings(cfg.distill), "seed": cfg.seed, "teacher": _model(cfg, m.teacher),
-                "student": _model(cfg, m.student), "constitution": constitution_fingerprint(cfg.constitution),
+                "student": _model(cfg, m.student),
+                "constitution": constitution_fingerprint(cfg.constitution, cfg.distill.voice_examples),
                 "max_prompt_tokens": cfg.prompts.max_prompt_tokens}
     if stage in ("dpo", "sft"):
         return {stage: train_settings(getattr(cfg, stage)), "student": _model(cfg, m.student)}

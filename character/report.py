@@ -258,11 +258,14 @@ def report_tables(runs: list[Path]) -> list[tuple[str, list[str], list[list[str]
         mde = [f"{min_detectable_difference(s['robustness']['trained|none']['n']):.2f} "
                f"(n={s['robustness']['trained|none']['n']} per method)"
                if "trained|none" in s.get("robustness", {}) else "n/a" for s in sums]
-        out.append(("Robustness: share of answers called in character (95% interval)", ["method / attack", *names],
+        out.append(("Robustness: share of answers called in character (95% interval; trained-base rows: trained "
+                    "minus base on the same prompts)", ["method / attack", *names],
                     ([["classifier check"] + [w or "held-out accuracy at least 0.8" for w in warn],
                       ["minimum detectable difference, trained vs base (80% power, 5% level)"] + mde]) + [
-                     [k.replace("|", " / ")] + [_ci(s["robustness"][k], "in_character") if k in s.get("robustness", {}) else "n/a"
-                            for s in sums] for k in keys]))
+                     [k.replace("|", " / ")] + [_ci(s["robustness"][k], "in_character",
+                                                    "+.2f" if k.startswith("trained-base") else ".2f")
+                                                if k in s.get("robustness", {}) else "n/a"
+                                                for s in sums] for k in keys]))
         if any(v.get("persona") is not None for s in sums for v in s.get("robustness", {}).values()):
             from .evaluate import _ci_persona
             out.append(("Persona score: how much the constitution explains each answer, under the base model "

@@ -130,13 +130,14 @@ def test_distill_settings_added_later_keep_finished_stages_fresh_and_guidance_ne
     from character.config import config_hash
     from character.errors import CharacterError
     from character.pipeline import DISTILL_ADDED_LATER, legacy_hash, stage_hash, stage_settings
-    cfg = load_recipe(ROOT / "configs" / "pirate-cpu.yaml", ["distill.guidance=1", "distill.best_of=1"])
+    defaults = [f"distill.{k}={str(v).lower()}" for k, v in DISTILL_ADDED_LATER.items()]
+    cfg = load_recipe(ROOT / "configs" / "pirate-cpu.yaml", defaults)
     before = {k: v for k, v in cfg.distill.model_dump().items() if k not in DISTILL_ADDED_LATER}
     recorded = {**stage_settings(cfg, "distill"), "distill": before}
     assert stage_hash(cfg, "distill") == config_hash(recorded)
     assert legacy_hash(cfg, "distill") == config_hash({"distill": before, "models": cfg.models.model_dump(),
                                                        "constitution": cfg.constitution})
-    changed = load_recipe(ROOT / "configs" / "pirate-cpu.yaml", ["distill.guidance=1", "distill.best_of=2"])
+    changed = load_recipe(ROOT / "configs" / "pirate-cpu.yaml", [*defaults, "distill.best_of=2"])
     assert stage_hash(changed, "distill") != config_hash(recorded)
     with pytest.raises(CharacterError) as e:
         load_recipe(ROOT / "configs" / "pirate-cpu.yaml", ["distill.guidance=2", "models.teacher=openai/gpt-4o-mini"])

@@ -125,15 +125,16 @@ def test_show_unknown_name_is_one_line():
     assert len(r.stderr.strip().splitlines()) == 1
 
 
-def test_voice_examples_are_optional_and_leave_older_fingerprints_alone():
-    """A constitution without examples hashes as it did before the field existed (its runs stay fresh); one
-    with examples hashes differently from the same file without them."""
+def test_voice_examples_are_optional_and_count_only_where_they_are_read():
+    """A constitution's voice examples count in its fingerprint only for distillation with voice examples on:
+    without them (or for the other stages) it hashes as it did before the field existed."""
     from character.pipeline import constitution_fingerprint
     from character.types import stable_id
     c = C.from_data(GOOD)
     assert c.examples == []
     old = {k: v for k, v in c.model_dump().items() if k != "examples"}
-    assert stable_id(C.fingerprint_data(c)) == stable_id(old)
+    assert stable_id(C.fingerprint_data(c)) == stable_id(C.fingerprint_data(c, True)) == stable_id(old)
     with_ex = C.from_data({**GOOD, "examples": [{"user": "Hi", "assistant": "Arr!"}]})
-    assert stable_id(C.fingerprint_data(with_ex)) != stable_id(old)
-    assert constitution_fingerprint("pirate") == stable_id(C.fingerprint_data(C.load("pirate")))
+    assert stable_id(C.fingerprint_data(with_ex)) == stable_id(old)
+    assert stable_id(C.fingerprint_data(with_ex, with_examples=True)) != stable_id(old)
+    assert constitution_fingerprint("pirate") != constitution_fingerprint("pirate", with_examples=True)

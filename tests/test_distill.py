@@ -96,8 +96,9 @@ def test_best_of_keeps_the_highest_scoring_candidate_and_the_persona_filter_is_c
     candidates = embedded.generate([teacher_conversation(c, p.text) for p in prompts], params.model_copy(update={"n": 3}))
     assert not filtered and len(pairs) == 3
     for pair, cands in zip(pairs, candidates, strict=True):
-        assert pair.candidate_scores == [float(len(x.text)) for x in cands]
-        assert pair.chosen == max((x.text for x in cands), key=len)
+        ok = [x.text for x in cands if x.text.strip() and x.text.strip() != pair.rejected.strip()]  # pass the filters
+        assert pair.candidate_scores == [float(len(x)) for x in ok]
+        assert pair.chosen == max(ok, key=len)
         assert pair.persona_chosen == max(pair.candidate_scores) and pair.persona_rejected == len(pair.rejected)
     short_first = lambda ps, answers: [-float(len(a)) for a in answers]  # noqa: E731
     unfiltered, _ = make_pairs(c, prompts, embedded, embedded, params, drop_truncated=False, scorer=short_first)

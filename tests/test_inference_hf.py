@@ -197,7 +197,7 @@ def test_response_logprobs_reuse_a_shared_system_prompt(embedded):
 
 
 def test_guidance_is_the_plain_model_at_scale_1_and_mixes_logits_otherwise(embedded):
-    """Classifier-free guidance: at scale 1 greedy answers equal plain decoding; at scale 3 the first token
+    """Classifier-free guidance: at scale 1 (no second pass is run) greedy answers equal plain decoding; at scale 3 the first token
     is the argmax of uncond + 3 * (cond - uncond), read from two separate forward passes here, for every row
     of a batch with left padding on both branches."""
     import torch

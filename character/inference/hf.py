@@ -368,7 +368,8 @@ class HFBackend:
                     kwargs["position_ids"] = torch.arange(n_head, n_head + width, device=self.device).expand(len(rows), -1)
                 with self._lock, torch.inference_mode(), mixed:
                     logits = self.model(input_ids=ids, attention_mask=mask, **kwargs).logits.float()
-                logp = torch.log_softmax(logits[:, :-1], dim=-1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
+                logits = logits[:, :-1]  # the log-softmax at the next tokens only, without writing it out in full
+                logp = logits.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
                 for row, i in enumerate(batch):
                     out[i] = logp[row, n_prompt[i] - n_head - 1:len(seqs[i]) - n_head - 1].tolist()
         return out

@@ -54,7 +54,8 @@ with form:
         signoffs = st.text_area("Sign-offs (one per line)", "\n".join(c0.signoffs) if c0 else "", key="f_sign")
         st.caption("Voice examples: a few short exchanges in the persona's voice. The distillation teacher sees "
                    "them as earlier turns, which moves a small teacher more than the description does.")
-        examples = st.data_editor([e.model_dump() for e in c0.examples] if c0 else [{"user": "", "assistant": ""}],
+        examples = st.data_editor([e.model_dump() for e in c0.examples] if c0 and c0.examples
+                                  else [{"user": "", "assistant": ""}],
                                   num_rows="dynamic", key="f_examples", use_container_width=True,
                                   column_config={"user": st.column_config.TextColumn("User says"),
                                                  "assistant": st.column_config.TextColumn("The persona replies",
