@@ -458,12 +458,14 @@ FAULTS = ("408", "409", "429", "500", "502", "503", "reset", "timeout", "truncat
 
 class FaultProxy:
     """A proxy of ours in front of the real llama.cpp server. Each distinct request (by body) is
-    answered on its first attempt with the fault its hash picks (one in FAULTS, or none for about a
-    third), and forwarded on later attempts; `cut_streams` breaks streamed replies midway."""
+    answered on its first attempt with the fault of its slot (the n-th distinct request takes slot n of a
+    cycle through FAULTS and five no-fault slots, so which faults are served does not depend on what the
+    requests say), and forwarded on later attempts; `cut_streams` breaks streamed replies midway."""
 
     def __init__(self, upstream: str, timeout_sleep: float):
         self.upstream = upstream
         self.seen: dict[bytes, int] = {}
+        self.slot: dict[bytes, int] = {}
         self.injected: dict[str, int] = {}
         self.lock = threading.Lock()
         self.cut_streams = False
@@ -499,7 +501,9 @@ class FaultProxy:
                 body = self.rfile.read(int(self.headers["Content-Length"]))
                 with outer.lock:
                     attempt = outer.seen[body] = outer.seen.get(body, 0) + 1
-                pick = int.from_bytes(__import__("hashlib").sha256(body).digest()[:4], "big") % (len(FAULTS) + 5)
+                    if attempt == 1:  # the n-th distinct request gets slot n of a 16-slot cycle: every fault
+                        outer.slot[body] = len(outer.slot) % (len(FAULTS) + 5)  # is served within 16 requests
+                pick = outer.slot[body]
                 fault = FAULTS[pick] if attempt == 1 and pick < len(FAULTS) else None
                 if json.loads(body).get("stream"):
                     return self.stream(body)
