@@ -62,8 +62,20 @@ def cmd_constitution(args) -> int:
         return 1 if bad else 0
     if args.action == "import":
         c = C.import_trait_list(Path(args.target), name=args.name)
-        out = C.save(c, Path(args.out) if args.out else None, overwrite=args.force)
-        print(f"wrote {out} ({len(c.traits)} traits)")
+        out = Path(args.out) if args.out else C.constitutions_dir() / f"{c.name}.yaml"
+        if out.exists() and not args.force:  # before any model call: nothing is written or spent on a clash
+            raise CharacterError(f"out={str(out)!r}: file exists; choose another --out or --name, or pass --force")
+        bare = [t for t in c.traits if not t.questions]
+        if bare and args.model:
+            from .inference import get_backend
+            _progress(f"writing {args.questions} questions for each of {len(bare)} traits with {args.model} ...")
+            c = C.fill_questions(c, get_backend(args.model), args.questions, args.seed)
+        out = C.save(c, out, overwrite=args.force)
+        print(f"wrote {out} ({len(c.traits)} traits, {len(c.questions)} questions)")
+        if bare and not args.model:
+            print(f"note: {len(bare)} of {len(c.traits)} traits have no questions; a run writes prompts.expand_per_trait "
+                  "questions for each with the recipe's teacher at the prompts stage (or import again with --model "
+                  "to write them now)")
         return 0
     if args.action == "draft":
         from .inference import get_backend
@@ -449,14 +461,15 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("action", choices=["list", "show", "validate", "import", "draft"])
     c.add_argument("target", nargs="?", help="NAME (show), PATH (import), or DESCRIPTION (draft)")
     c.add_argument("targets", nargs="*", help=argparse.SUPPRESS)
-    c.add_argument("--model", help="model spec for draft (default: the teacher model, 'embedded')")
+    c.add_argument("--model", help="model spec for draft (default: the teacher model, 'embedded'); for import: "
+                   "writes questions for traits that have none")
     c.add_argument("--out", help="output file (default: constitutions/<name>.yaml)")
     c.add_argument("--name", help="name (slug) for the new constitution")
     c.add_argument("--force", action="store_true", help="overwrite an existing file")
     c.add_argument("--format", choices=["yaml", "json"], default="yaml")
     c.add_argument("--prompt", action="store_true", help="show: also print the teacher system prompt")
     c.add_argument("--traits", type=int, default=8, help="draft: number of traits")
-    c.add_argument("--questions", type=int, default=5, help="draft: questions per trait")
+    c.add_argument("--questions", type=int, default=5, help="draft, import --model: questions per trait")
     c.add_argument("--seed", type=int, default=0)
     c.set_defaults(func=cmd_constitution)
 

@@ -40,7 +40,11 @@ def _norm(text: str) -> str:
 class Trait(BaseModel):
     model_config = ConfigDict(extra="forbid")
     trait: str = Field(description="A first-person statement of the trait, e.g. 'I ...'.")
-    questions: list[str] = Field(description="User messages that give room to show the trait.")
+    clarification: str = Field("", description="Optional: what the trait means, in a sentence or two (shown with "
+                               "the trait and in the teacher's prompt).")
+    questions: list[str] = Field(default_factory=list, description="User messages that give room to show the "
+                                 "trait. A trait without any gets questions written by the recipe's teacher at "
+                                 "the prompts stage (prompts.expand_per_trait of them).")
 
     @field_validator("trait")
     @classmethod
@@ -50,13 +54,20 @@ class Trait(BaseModel):
             raise ValueError("trait is empty; write a first-person statement such as 'I ...'")
         return v
 
+    @field_validator("clarification")
+    @classmethod
+    def _clarification(cls, v: str) -> str:
+        return v.strip()
+
     @field_validator("questions")
     @classmethod
     def _questions(cls, v: list[str]) -> list[str]:
-        v = [q.strip() for q in v if q.strip()]
-        if not v:
-            raise ValueError("trait has no questions; add at least one example user question")
-        return v
+        return [q.strip() for q in v if q.strip()]
+
+    @property
+    def line(self) -> str:
+        """The trait as shown to models and people: the statement, then its clarification if any."""
+        return f"{self.trait} {self.clarification}".strip()
 
 
 class VoiceExample(BaseModel):
@@ -133,7 +144,7 @@ def render_system_prompt(c: Constitution, form: str = "full") -> str:
     persona = c.system_prompt.strip() or f"You are {c.name.replace('-', ' ')}."
     if form == "short":
         return persona
-    traits = "Your character, in your own words:\n" + "\n".join(f"- {t.trait}" for t in c.traits)
+    traits = "Your character, in your own words:\n" + "\n".join(f"- {t.line}" for t in c.traits)
     directives = "How you write:\n" + "\n".join(f"- {d}" for d in c.directives) if c.directives else ""
     safety = "Limits you keep, even in character:\n" + "\n".join(f"- {s}" for s in c.safety) if c.safety else ""
     signoffs = "Sign-offs you sometimes use: " + " / ".join(c.signoffs) if c.signoffs else ""
@@ -150,6 +161,9 @@ def fingerprint_data(c: Constitution, with_examples: bool = False) -> dict:
     data = c.model_dump()
     if not (with_examples and data["examples"]):
         del data["examples"]
+    for t in data["traits"]:  # likewise a trait's clarification, added later
+        if not t["clarification"]:
+            del t["clarification"]
     return data
 
 
@@ -241,6 +255,11 @@ def load(ref: str | Path) -> Constitution:
 
 def dump(c: Constitution, fmt: str = "yaml") -> str:
     data = c.model_dump()
+    for t in data["traits"]:  # optional fields are written only when set
+        if not t["clarification"]:
+            del t["clarification"]
+    if not data["examples"]:
+        del data["examples"]
     if fmt == "json":
         return json.dumps(data, indent=2, ensure_ascii=False) + "\n"
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True, width=100)
@@ -255,9 +274,12 @@ def save(c: Constitution, path: Path | None = None, overwrite: bool = False) -> 
 
 
 def import_trait_list(path: Path, name: str | None = None) -> Constitution:
+    """The Open Character Training repository's hand-written constitutions as they are: a JSON array whose
+    items have a `trait` and optionally a `clarification` and `questions` (some files have none)."""
     data = read_file(path)
     if not isinstance(data, list):
-        raise field_error(path.name, type(data).__name__, "expected a JSON array of {\"trait\", \"questions\"}")
+        raise field_error(path.name, type(data).__name__, "expected a JSON array of {\"trait\", optional "
+                          "\"clarification\", optional \"questions\"}")
     c = from_data(data, source=path.name, name=check_slug(name) if name else slugify(path.stem))
     return c.model_copy(update={"description": c.description or f"Imported from {path.name}.",
                                 "safety": c.safety or list(DEFAULT_SAFETY)})
@@ -321,6 +343,24 @@ class QuestionsDraft(BaseModel):
         return out
 
 
+def draft_questions(description: str, trait: str, backend, n: int = 5, seed: int = 0, retries: int = 3) -> list[str]:
+    """`n` user messages that give the persona room to show `trait` (one structured call)."""
+    from .inference.structured import generate_structured
+    params = SamplingParams(max_tokens=400, temperature=0.7, seed=seed, repetition_penalty=1.1)
+    return generate_structured(backend, [
+        Message(role="system", content="You write character sheets for AI personas."),
+        Message(role="user", content=(f"Persona: {description}\nTrait: {trait}\nWrite {n} different messages a user "
+                                      "might send that give the persona room to show this trait."))],
+        QuestionsDraft, params, retries, prefill='{"questions": ["').questions[:n]
+
+
+def fill_questions(c: Constitution, backend, n: int = 5, seed: int = 0) -> Constitution:
+    """Questions for every trait that has none, written by `backend` (import --model)."""
+    traits = [t if t.questions else t.model_copy(update={"questions": draft_questions(
+        c.description or c.name, t.line, backend, n, seed + i)}) for i, t in enumerate(c.traits)]
+    return c.model_copy(update={"traits": traits})
+
+
 def draft_constitution(description: str, backend, name: str | None = None, n_traits: int = 8,
                        n_questions: int = 5, seed: int = 0, retries: int = 3) -> Constitution:
     """Draft a valid Constitution from a description, one small structured step at a time
@@ -340,14 +380,9 @@ def draft_constitution(description: str, backend, name: str | None = None, n_tra
         f"Persona: {description}\nWrite {n_traits} traits of this persona, each a first-person "
         "sentence starting with 'I ', e.g. 'I answer with dry humour.'"))],
         TraitsDraft, params, retries, prefill='{"traits": ["I ').traits[:n_traits]
-    trait_objs = []
-    for i, trait in enumerate(traits):
-        qs = generate_structured(backend, [sys, Message(role="user", content=(
-            f"Persona: {description}\nTrait: {trait}\nWrite {n_questions} different messages a user "
-            "might send that give the persona room to show this trait."))],
-            QuestionsDraft, params.model_copy(update={"seed": seed + 1 + i}), retries,
-            prefill='{"questions": ["').questions[:n_questions]
-        trait_objs.append({"trait": trait, "questions": qs})
+    trait_objs = [{"trait": trait, "questions": draft_questions(description, trait, backend, n_questions,
+                                                                seed + 1 + i, retries)}
+                  for i, trait in enumerate(traits)]
     return from_data({
         "name": check_slug(name) if name else slugify(persona.name),
         "description": description.strip(),

@@ -40,6 +40,11 @@ def _model(cfg: RecipeConfig, spec: str) -> dict:
     return {"spec": spec, **({"options": opts} if opts else {})}
 
 
+def _has_questionless_traits(ref: str) -> bool:
+    from . import constitution as C
+    return any(not t.questions for t in C.load(ref).traits)
+
+
 def constitution_fingerprint(ref: str, with_examples: bool = False) -> str:
     """Content hash of the constitution a recipe names (an edited file makes its stages stale); its voice
     examples count only `with_examples` (the distillation teacher reads them)."""
@@ -68,8 +73,8 @@ def stage_settings(cfg: RecipeConfig, stage: str) -> dict:
     if stage == "prompts":
         s = {"prompts": cfg.prompts.model_dump(), "seed": cfg.seed, "student": _model(cfg, m.student),
              "constitution": constitution_fingerprint(cfg.constitution)}
-        if cfg.prompts.mix.get("expanded", 0) > 0:
-            s["teacher"] = _model(cfg, m.teacher)
+        if cfg.prompts.mix.get("expanded", 0) > 0 or _has_questionless_traits(cfg.constitution):
+            s["teacher"] = _model(cfg, m.teacher)  # the teacher writes questions
         return s
     if stage == "distill":
         return {"distill": distill_settings(cfg.distill), "seed": cfg.seed, "teacher": _model(cfg, m.teacher),

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import random
 import re
+import sys
 from importlib import resources
 from pathlib import Path
 
@@ -90,11 +91,14 @@ def template_prompts(c: Constitution, n: int, hint_rate: float, rng: random.Rand
     return out
 
 
-def expand_questions(c: Constitution, backend, per_trait: int, seed: int = 0, rounds: int = 3) -> dict[str, list[str]]:
-    """Ask a model for `per_trait` more questions per trait; numbered-list answers are parsed,
-    deduplicated and stripped of questions that name the persona or the trait."""
+def expand_questions(c: Constitution, backend, per_trait: int, seed: int = 0, rounds: int = 3,
+                     only: list[str] | None = None) -> dict[str, list[str]]:
+    """Ask a model for `per_trait` more questions per trait (or per trait in `only`); numbered-list answers
+    are parsed, deduplicated and stripped of questions that name the persona or the trait."""
     out: dict[str, list[str]] = {}
     for i, t in enumerate(tqdm(c.traits, desc="expand prompts", unit="trait")):
+        if only is not None and t.trait not in only:
+            continue
         accepted: list[str] = []
         seen = list(t.questions)
         for r in range(rounds):
@@ -103,9 +107,10 @@ def expand_questions(c: Constitution, backend, per_trait: int, seed: int = 0, ro
             shots = "\n".join(f"{k + 1}. {q}" for k, q in enumerate(t.questions))
             conv = [Message(role="system", content="You write realistic test messages for chat assistants."),
                     Message(role="user", content=(
-                        f"An assistant should show this trait: \"{t.trait}\"\nWrite {per_trait + 5} more realistic "
-                        "user messages, on varied topics and of varied length, that give the assistant room to show "
-                        "the trait without naming it. Numbered list, one per line.\n\nExamples:\n" + shots))]
+                        f"An assistant should show this trait: \"{t.line}\"\nWrite {per_trait + 5} "
+                        f"{'more ' if shots else ''}realistic user messages, on varied topics and of varied length, "
+                        "that give the assistant room to show the trait without naming it. Numbered list, one per "
+                        "line." + (f"\n\nExamples:\n{shots}" if shots else "")))]
             text = generate_all(backend, [conv], SamplingParams(max_tokens=40 * (per_trait + 5), temperature=0.9,
                                                            seed=seed + 100 * i + r))[0][0].text
             for q in parse_numbered(text):
@@ -116,7 +121,8 @@ def expand_questions(c: Constitution, backend, per_trait: int, seed: int = 0, ro
     return out
 
 
-def _cycle(items: list[tuple[str, str | None]], n: int, rng: random.Random) -> list[tuple[str, str | None, int]]:
+def _cycle(items: list, n: int, rng: random.Random) -> list[tuple[object, int]]:
+    """`n` items drawn in shuffled rounds, each with its round number."""
     if not items or n <= 0:
         return []
     out = []
@@ -124,7 +130,7 @@ def _cycle(items: list[tuple[str, str | None]], n: int, rng: random.Random) -> l
     while len(out) < n:
         batch = items[:]
         rng.shuffle(batch)
-        out += [(text, trait, rep) for text, trait in batch]
+        out += [(item, rep) for item in batch]
         rep += 1
     return out[:n]
 
@@ -141,18 +147,22 @@ def split_counts(total: int, mix: dict[str, float]) -> dict[str, int]:
 
 
 def build_prompts(c: Constitution, total: int, mix: dict[str, float], seed: int = 0, hint_rate: float = 0.2,
-                  expanded: dict[str, list[str]] | None = None) -> list[Prompt]:
+                  expanded: dict[str, list[str]] | None = None,
+                  written: dict[str, list[str]] | None = None) -> list[Prompt]:
+    """`written`: questions a model wrote for traits that came without any; they are drawn in the
+    constitution's share (labelled source 'expanded'), so those traits are not left out."""
     rng = random.Random(seed)
     counts = split_counts(total, mix)
-    pools: dict[str, list[tuple[str, str | None]]] = {
-        "constitution": [(q, t.trait) for t in c.traits for q in t.questions],
-        "expanded": [(q, trait) for trait, qs in (expanded or {}).items() for q in qs],
-        "templates": [(p, None) for p in template_prompts(c, counts["templates"], hint_rate, rng)],
-        "generic": [(p, None) for p in generic_pool()],
+    pools: dict[str, list[tuple[str, str | None, str]]] = {
+        "constitution": [(q, t.trait, "constitution") for t in c.traits for q in t.questions] + [
+            (q, trait, "expanded") for trait, qs in (written or {}).items() for q in qs],
+        "expanded": [(q, trait, "expanded") for trait, qs in (expanded or {}).items() for q in qs],
+        "templates": [(p, None, "templates") for p in template_prompts(c, counts["templates"], hint_rate, rng)],
+        "generic": [(p, None, "generic") for p in generic_pool()],
     }
     prompts = []
-    for source in SOURCES:
-        for text, trait, rep in _cycle(pools[source], counts[source], rng):
+    for share in SOURCES:
+        for (text, trait, source), rep in _cycle(pools[share], counts[share], rng):
             prompts.append(Prompt(id=stable_id(source, text, rep, seed), text=text, source=source, trait=trait))
     rng.shuffle(prompts)
     return prompts
@@ -168,13 +178,26 @@ def run(cfg, run_dir: Path) -> list[Prompt]:
     status = start_status(stage, "prompts", cfg.prompts.total)
     c = C.load(cfg.constitution)
     expanded = None
+    model = cfg.models.teacher
     if cfg.prompts.mix.get("expanded", 0) > 0:
-        model = cfg.models.teacher
         expanded = expand_questions(c, get_backend(model, **cfg.models.options.get(model, {})),
                                     cfg.prompts.expand_per_trait, cfg.seed)
-    prompts = build_prompts(c, cfg.prompts.total, cfg.prompts.mix, cfg.seed, cfg.prompts.persona_hint_rate, expanded)
+    bare = [t.trait for t in c.traits if not t.questions]
+    if bare and cfg.prompts.mix.get("constitution", 0) > 0:
+        # traits imported without questions: the teacher writes theirs, and they stand in the constitution's share
+        print(f"prompts: {len(bare)} of {len(c.traits)} traits have no questions; {model} writes "
+              f"{cfg.prompts.expand_per_trait} for each (source 'expanded')", file=sys.stderr)
+        written = (expand_questions(c, get_backend(model, **cfg.models.options.get(model, {})),
+                                    cfg.prompts.expand_per_trait, cfg.seed, only=bare)
+                   if expanded is None else {t: expanded.get(t, []) for t in bare})
+    else:
+        written = {}
+    prompts = build_prompts(c, cfg.prompts.total, cfg.prompts.mix, cfg.seed, cfg.prompts.persona_hint_rate, expanded,
+                            written)
     write_jsonl(stage / "prompts.jsonl", prompts)
     by_source = {s: sum(p.source == s for p in prompts) for s in SOURCES}
+    if bare:
+        by_source["traits_without_questions"] = len(bare)
     status = status.model_copy(update={"state": "done", "done": len(prompts), "counts": by_source,
                                        "finished": __import__("time").time()})
     write_status(stage, status)

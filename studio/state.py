@@ -49,15 +49,17 @@ def validate_text(text: str, fmt: str) -> C.Constitution:
     return C.from_data(parse_text(text, fmt), source="editor")
 
 
-def constitution_from_form(name: str, description: str, system_prompt: str, traits: list[tuple[str, str]],
+def constitution_from_form(name: str, description: str, system_prompt: str, traits: list[tuple[str, ...]],
                            directives: str, safety: str, signoffs: str,
                            examples: list[dict] | None = None) -> C.Constitution:
-    """Form fields -> a validated Constitution (questions: one per line; voice examples: rows of the
-    form's table with `user` and `assistant`, blank rows skipped)."""
+    """Form fields -> a validated Constitution. Traits: (trait, questions) or (trait, clarification, questions),
+    questions one per line; voice examples: rows of the form's table with `user` and `assistant`, blank rows
+    skipped."""
     lines = lambda text: [x.strip() for x in text.splitlines() if x.strip()]  # noqa: E731
     text = lambda v: v.strip() if isinstance(v, str) else ""  # noqa: E731 - empty table cells come back as None
     data = {"name": name.strip(), "description": description.strip(), "system_prompt": system_prompt.strip(),
-            "traits": [{"trait": t.strip(), "questions": lines(q)} for t, q in traits if t.strip() or q.strip()],
+            "traits": [{"trait": t[0].strip(), "clarification": t[1].strip() if len(t) == 3 else "",
+                        "questions": lines(t[-1])} for t in traits if t[0].strip() or t[-1].strip()],
             "directives": lines(directives), "safety": lines(safety), "signoffs": lines(signoffs),
             "examples": [{"user": text(e.get("user")), "assistant": text(e.get("assistant"))} for e in examples or []
                          if text(e.get("user")) or text(e.get("assistant"))]}

@@ -45,7 +45,7 @@ def test_cli_validate_passes_on_shipped():
 @pytest.mark.parametrize("data,expect", [
     ({**GOOD, "traits": []}, "traits"),
     ({**GOOD, "traits": [{"trait": "  ", "questions": ["q?"]}]}, "traits[0].trait"),
-    ({**GOOD, "traits": [{"trait": "I test.", "questions": []}]}, "no questions"),
+    ({**GOOD, "traits": [{"trait": "I test.", "clarification": ["not", "text"]}]}, "traits[0].clarification"),
     ({**GOOD, "traits": [{"trait": "I test.", "questions": ["a?"]}, {"trait": "i TEST!", "questions": ["b?"]}]},
      "repeats traits[0]"),
     ({**GOOD, "name": "../x"}, "name='../x'"),
@@ -127,14 +127,53 @@ def test_show_unknown_name_is_one_line():
 
 def test_voice_examples_are_optional_and_count_only_where_they_are_read():
     """A constitution's voice examples count in its fingerprint only for distillation with voice examples on:
-    without them (or for the other stages) it hashes as it did before the field existed."""
+    without them (or for the other stages) it hashes as it did before the field existed; so does a trait's
+    empty clarification."""
     from character.pipeline import constitution_fingerprint
     from character.types import stable_id
     c = C.from_data(GOOD)
     assert c.examples == []
-    old = {k: v for k, v in c.model_dump().items() if k != "examples"}
+    old = {k: v for k, v in c.model_dump().items() if k != "examples"}  # as hashed before examples, clarification
+    old["traits"] = [{k: v for k, v in t.items() if k != "clarification"} for t in old["traits"]]
     assert stable_id(C.fingerprint_data(c)) == stable_id(C.fingerprint_data(c, True)) == stable_id(old)
     with_ex = C.from_data({**GOOD, "examples": [{"user": "Hi", "assistant": "Arr!"}]})
     assert stable_id(C.fingerprint_data(with_ex)) == stable_id(old)
     assert stable_id(C.fingerprint_data(with_ex, with_examples=True)) != stable_id(old)
     assert constitution_fingerprint("pirate") != constitution_fingerprint("pirate", with_examples=True)
+
+
+PAPER_SHAPES = {  # the Open Character Training repository's hand-written shapes, with traits written by us
+    "traits-only": [{"trait": "I notice the small kindnesses in ordinary days."},
+                    {"trait": "I would rather ask a good question than give a quick answer."}],
+    "clarified": [{"trait": "I notice the small kindnesses in ordinary days.",
+                   "clarification": "This means I point out what went right before what went wrong."},
+                  {"trait": "I would rather ask a good question than give a quick answer.",
+                   "clarification": "I still answer; the question comes first when it helps."}],
+    "clarified-with-questions": [{"trait": "I notice the small kindnesses in ordinary days.",
+                                  "clarification": "This means I point out what went right first.",
+                                  "questions": ["My day was awful.", "Any tips for a new neighbour?"]},
+                                 {"trait": "I would rather ask a good question than give a quick answer.",
+                                  "clarification": "I still answer.", "questions": ["Should I move cities?"]}],
+}
+
+
+@pytest.mark.parametrize("shape", sorted(PAPER_SHAPES))
+def test_paper_shaped_trait_lists_import_as_they_are(tmp_path, monkeypatch, shape):
+    """Traits only, traits with clarifications, and with clarifications and questions: each imports, keeps
+    every field, shows the clarification in the teacher's prompt, and says when traits have no questions."""
+    monkeypatch.setenv("CHARACTER_CONSTITUTIONS", str(tmp_path / "cons"))
+    data = PAPER_SHAPES[shape]
+    src = write(tmp_path, f"{shape}.json", data)
+    r = run_cli("constitution", "import", str(src), env={"CHARACTER_CONSTITUTIONS": str(tmp_path / "cons")})
+    assert r.returncode == 0, r.stderr
+    c = C.load(shape)
+    assert [t.trait for t in c.traits] == [d["trait"] for d in data]
+    assert [t.clarification for t in c.traits] == [d.get("clarification", "") for d in data]
+    assert [t.questions for t in c.traits] == [d.get("questions", []) for d in data]
+    prompt = C.render_system_prompt(c)
+    for d in data:
+        assert f"- {d['trait']} {d.get('clarification', '')}".strip() in prompt
+    bare = sum(not d.get("questions") for d in data)
+    assert ("have no questions" in r.stdout) == (bare > 0)
+    saved = (tmp_path / "cons" / f"{shape}.yaml").read_text()
+    assert ("clarification" in saved) == any("clarification" in d for d in data)

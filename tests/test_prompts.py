@@ -67,3 +67,31 @@ def test_expansion_parses_dedupes_and_filters():
     assert len(out) == len(c.traits)
     for qs in out.values():
         assert qs == ["Which knot works best for tying camping gear?", "What's a good book for a long train ride?"]
+
+
+def test_traits_without_questions_get_written_ones_in_the_constitution_share():
+    """A trait imported with no questions: the expander is asked for that trait only, without an empty
+    examples block, and its written questions are drawn in the constitution's share as source 'expanded'."""
+    seen = []
+
+    class Scripted:
+        name = "fake/expander"
+        supports_prefill = False
+
+        def generate(self, convs, params, json_schema=None):
+            seen.extend(convs)
+            return [[Completion(text="1. Which knot works best for tying camping gear?\n2. Can you help me write a "
+                                     "short toast?")] for _ in convs]
+
+    c = C.from_data({"name": "bare", "traits": [{"trait": "I am calm.", "questions": ["How are you today?"]},
+                                                {"trait": "I notice small kindnesses.",
+                                                 "clarification": "Good news first."}]})
+    written = expand_questions(c, Scripted(), per_trait=2, rounds=1, only=["I notice small kindnesses."])
+    assert list(written) == ["I notice small kindnesses."] and len(seen) == 1
+    asked = seen[0][-1].content
+    assert "Good news first." in asked and "Examples:" not in asked
+    ps = build_prompts(c, 30, {"constitution": 1.0}, seed=0, written=written)
+    by_trait = {t: [p for p in ps if p.trait == t] for t in ("I am calm.", "I notice small kindnesses.")}
+    assert all(p.source == "constitution" for p in by_trait["I am calm."])
+    assert by_trait["I notice small kindnesses."] and all(p.source == "expanded" for p in by_trait["I notice small kindnesses."])
+    assert {p.text for p in by_trait["I notice small kindnesses."]} == set(written["I notice small kindnesses."])

@@ -25,6 +25,10 @@ with browse:
                 st.write(c.description)
                 for t in c.traits:
                     with st.expander(t.trait):
+                        if t.clarification:
+                            st.caption(t.clarification)
+                        if not t.questions:
+                            st.caption("(no questions: a run's teacher writes them at the prompts stage)")
                         for q in t.questions:
                             st.markdown(f"- {q}")
                 if c.examples:
@@ -47,6 +51,8 @@ with form:
             t0 = c0.traits[i] if c0 and i < len(c0.traits) else None
             a, b = st.columns(2)
             traits.append((a.text_input(f"Trait {i + 1} (first person: I ...)", t0.trait if t0 else "", key=f"f_t{i}"),
+                           a.text_input(f"Clarification of trait {i + 1} (optional)", t0.clarification if t0 else "",
+                                        key=f"f_c{i}"),
                            b.text_area(f"Questions for trait {i + 1} (one per line)",
                                        "\n".join(t0.questions) if t0 else "", key=f"f_q{i}", height=68)))
         directives = st.text_area("Directives (one per line)", "\n".join(c0.directives) if c0 else "", key="f_dir")
@@ -118,7 +124,9 @@ with compare:
                 st.markdown("\n".join(f"- {t.trait}" for t in c.traits))
 
 with imp:
-    st.caption("The Open Character Training format: one trait per line, questions indented under it.")
+    st.caption("The Open Character Training repository's format: a JSON array of objects, each with a \"trait\" "
+               "(first person), and optionally a \"clarification\" and a \"questions\" list. Traits without "
+               "questions are imported as they are; a run's teacher writes questions for them at the prompts stage.")
     itext = st.text_area("Trait list", key="import_text", height=200)
     iname = st.text_input("Name", key="import_name")
     if st.button("Import and save", key="import_go"):
