@@ -93,32 +93,34 @@ def template_prompts(c: Constitution, n: int, hint_rate: float, rng: random.Rand
 
 def expand_questions(c: Constitution, backend, per_trait: int, seed: int = 0, rounds: int = 3,
                      only: list[str] | None = None) -> dict[str, list[str]]:
-    """Ask a model for `per_trait` more questions per trait (or per trait in `only`); numbered-list answers
-    are parsed, deduplicated and stripped of questions that name the persona or the trait."""
-    out: dict[str, list[str]] = {}
-    for i, t in enumerate(tqdm(c.traits, desc="expand prompts", unit="trait")):
-        if only is not None and t.trait not in only:
-            continue
-        accepted: list[str] = []
-        seen = list(t.questions)
-        for r in range(rounds):
-            if len(accepted) >= per_trait:
-                break
+    """Ask a model for `per_trait` more questions per trait (or per trait in `only`), all traits in one
+    batched call per round; numbered-list answers are parsed, deduplicated and stripped of questions
+    that name the persona or the trait. Traits that still lack questions go to the next round."""
+    traits = [t for t in c.traits if only is None or t.trait in only]
+    accepted: dict[str, list[str]] = {t.trait: [] for t in traits}
+    seen = {t.trait: list(t.questions) for t in traits}
+    for r in tqdm(range(rounds), desc="expand prompts", unit="round"):
+        todo = [t for t in traits if len(accepted[t.trait]) < per_trait]
+        if not todo:
+            break
+        convs = []
+        for t in todo:
             shots = "\n".join(f"{k + 1}. {q}" for k, q in enumerate(t.questions))
-            conv = [Message(role="system", content="You write realistic test messages for chat assistants."),
-                    Message(role="user", content=(
-                        f"An assistant should show this trait: \"{t.line}\"\nWrite {per_trait + 5} "
-                        f"{'more ' if shots else ''}realistic user messages, on varied topics and of varied length, "
-                        "that give the assistant room to show the trait without naming it. Numbered list, one per "
-                        "line." + (f"\n\nExamples:\n{shots}" if shots else "")))]
-            text = generate_all(backend, [conv], SamplingParams(max_tokens=40 * (per_trait + 5), temperature=0.9,
-                                                           seed=seed + 100 * i + r))[0][0].text
-            for q in parse_numbered(text):
-                if len(accepted) < per_trait and not is_near_duplicate(q, seen) and not names_persona_or_trait(q, c, t.trait):
-                    accepted.append(q)
-                    seen.append(q)
-        out[t.trait] = accepted
-    return out
+            convs.append([Message(role="system", content="You write realistic test messages for chat assistants."),
+                          Message(role="user", content=(
+                              f"An assistant should show this trait: \"{t.line}\"\nWrite {per_trait + 5} "
+                              f"{'more ' if shots else ''}realistic user messages, on varied topics and of varied "
+                              "length, that give the assistant room to show the trait without naming it. Numbered "
+                              "list, one per line." + (f"\n\nExamples:\n{shots}" if shots else "")))])
+        outs = generate_all(backend, convs, SamplingParams(max_tokens=40 * (per_trait + 5), temperature=0.9,
+                                                           seed=seed + 100 * r))
+        for t, out in zip(todo, outs, strict=True):
+            for q in parse_numbered(out[0].text):
+                if (len(accepted[t.trait]) < per_trait and not is_near_duplicate(q, seen[t.trait])
+                        and not names_persona_or_trait(q, c, t.trait)):
+                    accepted[t.trait].append(q)
+                    seen[t.trait].append(q)
+    return accepted
 
 
 def _cycle(items: list, n: int, rng: random.Random) -> list[tuple[object, int]]:
@@ -190,6 +192,11 @@ def run(cfg, run_dir: Path) -> list[Prompt]:
         written = (expand_questions(c, get_backend(model, **cfg.models.options.get(model, {})),
                                     cfg.prompts.expand_per_trait, cfg.seed, only=bare)
                    if expanded is None else {t: expanded.get(t, []) for t in bare})
+        empty = [t for t in bare if not written.get(t)]
+        if empty:
+            print(f"prompts: warning: {model} wrote no usable questions for {len(empty)} trait(s) (first: "
+                  f"{empty[0][:60]!r}); they get no prompts of their own. Write questions for them, or use a "
+                  "stronger teacher", file=sys.stderr)
     else:
         written = {}
     prompts = build_prompts(c, cfg.prompts.total, cfg.prompts.mix, cfg.seed, cfg.prompts.persona_hint_rate, expanded,
@@ -198,6 +205,7 @@ def run(cfg, run_dir: Path) -> list[Prompt]:
     by_source = {s: sum(p.source == s for p in prompts) for s in SOURCES}
     if bare:
         by_source["traits_without_questions"] = len(bare)
+        by_source["traits_left_without_prompts"] = sum(not written.get(t) for t in bare)
     status = status.model_copy(update={"state": "done", "done": len(prompts), "counts": by_source,
                                        "finished": __import__("time").time()})
     write_status(stage, status)
