@@ -108,7 +108,7 @@ class Constitution(BaseModel):
     @model_validator(mode="after")
     def _traits(self) -> "Constitution":
         if not self.traits:
-            raise ValueError("traits is empty; add at least one trait with questions")
+            raise ValueError("traits is empty; add at least one trait")
         seen: dict[str, int] = {}
         for i, t in enumerate(self.traits):
             key = _norm(t.trait)
@@ -356,8 +356,9 @@ def draft_questions(description: str, trait: str, backend, n: int = 5, seed: int
 
 def fill_questions(c: Constitution, backend, n: int = 5, seed: int = 0) -> Constitution:
     """Questions for every trait that has none, written by `backend` (import --model)."""
+    persona = (c.system_prompt or c.name.replace("-", " ")) + " " + " ".join(t.line for t in c.traits)
     traits = [t if t.questions else t.model_copy(update={"questions": draft_questions(
-        c.description or c.name, t.line, backend, n, seed + i)}) for i, t in enumerate(c.traits)]
+        persona[:1500], t.line, backend, n, seed + i)}) for i, t in enumerate(c.traits)]
     return c.model_copy(update={"traits": traits})
 
 

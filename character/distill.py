@@ -35,7 +35,7 @@ def teacher_conversation(c: Constitution, prompt: str, reasoning_prefill: bool =
         conv += [Message(role="user", content=ex.user), Message(role="assistant", content=ex.assistant)]
     conv.append(Message(role="user", content=prompt))
     if reasoning_prefill:
-        traits = "\n".join(f"{i + 1}: {t.trait}" for i, t in enumerate(c.traits))
+        traits = "\n".join(f"{i + 1}: {t.line}" for i, t in enumerate(c.traits))
         conv.append(Message(role="assistant", content=(
             f"{THINK_OPEN}I want my reply to come from my character and show it naturally:\n{traits}\n")))
     return conv

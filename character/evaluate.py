@@ -96,7 +96,7 @@ def perplexity(backend, conversations: list[list[Message]]) -> dict:
 
 def constitution_words(c, traits: list[str]) -> list[str]:
     """Vocabulary traits named in the constitution's own text (its traits, description, directives)."""
-    text = " ".join([c.description, c.system_prompt, *(t.trait for t in c.traits), *c.directives]).lower()
+    text = " ".join([c.description, c.system_prompt, *(t.line for t in c.traits), *c.directives]).lower()
     return [t for t in traits if re.search(rf"\b{re.escape(t.lower())}\b", text)]
 
 
@@ -423,7 +423,7 @@ class Evaluation:
                                  "section first (or drop --sections)")
         plain = {(s.method, s.prompt): s.response for s in read_jsonl(self.stage / "robustness.jsonl", EvalSample)
                  if s.meta.get("attack") == "none"}
-        character = "\n".join(f"- {t.trait}" for t in self.constitution.traits)
+        character = "\n".join(f"- {t.line}" for t in self.constitution.traits)
         traits = [t.trait for t in self.constitution.traits]
         out: dict = {"judge": self.cfg.models.judge, "calibration": self.calibrate_judges(character, traits)}
         rows = []

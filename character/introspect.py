@@ -15,6 +15,7 @@ assistant turn.
 from __future__ import annotations
 
 import random
+import sys
 import time
 from pathlib import Path
 
@@ -196,6 +197,9 @@ def run(cfg, run_dir: Path) -> dict:
     think: list[IntrospectionExample] = []
     if ic.thinking_examples:
         qs = [q for _, q in c.questions][: ic.thinking_examples]
+        if len(qs) < ic.thinking_examples:
+            print(f"introspect: {len(qs)} of {ic.thinking_examples} thinking examples: the constitution has only "
+                  f"{len(qs)} hand-written questions", file=sys.stderr)
         think = thinking(c, model, qs, sampling)
         write_jsonl(stage / "thinking.jsonl", think)
     rows = read_jsonl(sft_path, SFTExample)

@@ -73,8 +73,10 @@ def stage_settings(cfg: RecipeConfig, stage: str) -> dict:
     if stage == "prompts":
         s = {"prompts": cfg.prompts.model_dump(), "seed": cfg.seed, "student": _model(cfg, m.student),
              "constitution": constitution_fingerprint(cfg.constitution)}
-        if cfg.prompts.mix.get("expanded", 0) > 0 or _has_questionless_traits(cfg.constitution):
+        if cfg.prompts.mix.get("expanded", 0) > 0 or (cfg.prompts.mix.get("constitution", 0) > 0
+                                                      and _has_questionless_traits(cfg.constitution)):
             s["teacher"] = _model(cfg, m.teacher)  # the teacher writes questions
+            s["expansion"] = "batched"  # one call per round for all traits (seeded per round), since 3b5e58b
         return s
     if stage == "distill":
         return {"distill": distill_settings(cfg.distill), "seed": cfg.seed, "teacher": _model(cfg, m.teacher),

@@ -165,7 +165,9 @@ def build_prompts(c: Constitution, total: int, mix: dict[str, float], seed: int 
     prompts = []
     for share in SOURCES:
         for (text, trait, source), rep in _cycle(pools[share], counts[share], rng):
-            prompts.append(Prompt(id=stable_id(source, text, rep, seed), text=text, source=source, trait=trait))
+            # the id names the share drawn from (a written question can sit in both the constitution's and
+            # the expanded share, and each copy is its own prompt)
+            prompts.append(Prompt(id=stable_id(share, text, rep, seed), text=text, source=source, trait=trait))
     rng.shuffle(prompts)
     return prompts
 

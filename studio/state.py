@@ -59,7 +59,7 @@ def constitution_from_form(name: str, description: str, system_prompt: str, trai
     text = lambda v: v.strip() if isinstance(v, str) else ""  # noqa: E731 - empty table cells come back as None
     data = {"name": name.strip(), "description": description.strip(), "system_prompt": system_prompt.strip(),
             "traits": [{"trait": t[0].strip(), "clarification": t[1].strip() if len(t) == 3 else "",
-                        "questions": lines(t[-1])} for t in traits if t[0].strip() or t[-1].strip()],
+                        "questions": lines(t[-1])} for t in traits if any(x.strip() for x in t)],
             "directives": lines(directives), "safety": lines(safety), "signoffs": lines(signoffs),
             "examples": [{"user": text(e.get("user")), "assistant": text(e.get("assistant"))} for e in examples or []
                          if text(e.get("user")) or text(e.get("assistant"))]}

@@ -140,6 +140,9 @@ def test_voice_examples_are_optional_and_count_only_where_they_are_read():
     assert stable_id(C.fingerprint_data(with_ex)) == stable_id(old)
     assert stable_id(C.fingerprint_data(with_ex, with_examples=True)) != stable_id(old)
     assert constitution_fingerprint("pirate") != constitution_fingerprint("pirate", with_examples=True)
+    # pinned: what the version before voice examples and clarifications (db2cd23) recorded for the shipped files
+    assert constitution_fingerprint("pirate") == "8079fffcdaf92bf1"
+    assert constitution_fingerprint("stoic") == "d4be4c7817d1896b"
 
 
 PAPER_SHAPES = {  # the Open Character Training repository's hand-written shapes, with traits written by us

@@ -92,6 +92,8 @@ def test_traits_without_questions_get_written_ones_in_the_constitution_share():
     assert "Good news first." in asked and "Examples:" not in asked
     ps = build_prompts(c, 30, {"constitution": 1.0}, seed=0, written=written)
     by_trait = {t: [p for p in ps if p.trait == t] for t in ("I am calm.", "I notice small kindnesses.")}
-    assert all(p.source == "constitution" for p in by_trait["I am calm."])
+    assert by_trait["I am calm."] and all(p.source == "constitution" for p in by_trait["I am calm."])
     assert by_trait["I notice small kindnesses."] and all(p.source == "expanded" for p in by_trait["I notice small kindnesses."])
     assert {p.text for p in by_trait["I notice small kindnesses."]} == set(written["I notice small kindnesses."])
+    both = build_prompts(c, 30, {"constitution": 0.5, "expanded": 0.5}, seed=0, expanded=written, written=written)
+    assert len({p.id for p in both}) == 30  # a written question drawn in both shares is two prompts

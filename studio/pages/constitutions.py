@@ -121,7 +121,7 @@ with compare:
                 pick = st.selectbox("Constitution", names, index=default, key=key)
                 c = state.load_constitution(pick)
                 st.write(c.description)
-                st.markdown("\n".join(f"- {t.trait}" for t in c.traits))
+                st.markdown("\n".join(f"- {t.line}" for t in c.traits))
 
 with imp:
     st.caption("The Open Character Training repository's format: a JSON array of objects, each with a \"trait\" "
