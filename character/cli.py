@@ -199,11 +199,9 @@ def cmd_stage(args) -> int:
 
 
 def cmd_preview(args) -> int:
-    import functools
-
     from . import constitution as C
     from .distill import make_pairs
-    from .persona import persona_scores, scored_by_default
+    from .persona import scorer_for
     from .inference import get_backend
     from .prompts import build_prompts
     from .runs import write_jsonl
@@ -227,20 +225,15 @@ def cmd_preview(args) -> int:
         raise CharacterError(f"best_of={args.best_of}, guidance={args.guidance}: best-of is 1-16 and guidance 0-10")
     prompts = build_prompts(c, args.n, mix, seed=args.seed, hint_rate=args.hint_rate)
     student = get_backend(args.student)
-    scorer = None  # persona scores under the student, as distillation records them
-    if student.supports_logprobs and (args.best_of > 1 or scored_by_default(args.student)):
-        scorer = functools.partial(persona_scores, student, C.render_system_prompt(c))
-    elif args.best_of > 1:
-        raise CharacterError(f"best_of={args.best_of}: ranks answers by persona score, which needs a student that "
-                             f"reads log-probabilities ({args.student!r} does not); use a local student or --best-of 1")
-    try:
+    try:  # persona scores under the student, as distillation records them
+        scorer = scorer_for(student, args.student, c, args.best_of > 1)
         pairs, filtered = make_pairs(c, prompts, get_backend(args.teacher), student,
                                      SamplingParams(max_tokens=args.max_tokens, temperature=0.7, seed=args.seed,
                                                     repetition_penalty=1.1), drop_truncated=False,
                                      teacher_prompt=args.teacher_prompt, voice_examples=not args.no_voice_examples,
                                      guidance=args.guidance, best_of=args.best_of, scorer=scorer)
     except ValueError as e:
-        raise CharacterError(str(e)) from None
+        raise CharacterError(f"best_of={args.best_of}, guidance={args.guidance}: {e}") from None
     write_jsonl(Path(args.out), pairs)
     print(f"{len(pairs)} pairs ({len(filtered)} filtered) written to {args.out}")
     if scorer and pairs:

@@ -9,7 +9,6 @@ pairs as an uninterrupted one.
 
 from __future__ import annotations
 
-import functools
 import time
 import unicodedata
 from pathlib import Path
@@ -17,7 +16,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from .constitution import Constitution, render_system_prompt
-from .persona import best_of as best_of_index, persona_scores, scored_by_default
+from .persona import best_of as best_of_index, scorer_for
 from .types import Completion, Conversation, FilteredItem, Message, PreferencePair, Prompt, SamplingParams
 
 THINK_OPEN, THINK_CLOSE = "<think>\n", "</think>"
@@ -205,13 +204,10 @@ def run(cfg, run_dir: Path) -> dict:
     teacher = get_backend(cfg.models.teacher, **cfg.models.options.get(cfg.models.teacher, {}))
     student = get_backend(cfg.models.student, **cfg.models.options.get(cfg.models.student, {}))
     d = cfg.distill
-    scorer = None  # persona scores under the student (the base model): always for local models, else on demand
-    if student.supports_logprobs and (d.best_of > 1 or d.persona_filter or scored_by_default(cfg.models.student)):
-        scorer = functools.partial(persona_scores, student, render_system_prompt(c))
-    elif d.best_of > 1 or d.persona_filter:
-        raise ValidationError(f"distill.best_of={d.best_of}, persona_filter={d.persona_filter}: both rank answers by "
-                          f"persona score, which reads log-probabilities; student {student.name!r} gives none. "
-                          "Use a local student (embedded, hf/..., vllm/...) or set best_of: 1, persona_filter: false")
+    try:  # persona scores under the student (the base model): always for local models, else on demand
+        scorer = scorer_for(student, cfg.models.student, c, d.best_of > 1 or d.persona_filter)
+    except ValueError as e:
+        raise ValidationError(f"distill.best_of={d.best_of}, persona_filter={d.persona_filter}: {e}") from None
     bs = cfg.distill.batch_size
     batches = [prompts[i:i + bs] for i in range(0, len(prompts), bs)]
     bar = tqdm(total=len(prompts), desc="distill", unit="prompt", initial=len(done_ids & {p.id for p in prompts}))

@@ -13,6 +13,8 @@ so scores of different teacher settings are comparable.
 
 from __future__ import annotations
 
+import functools
+
 from .types import Message
 
 
@@ -37,6 +39,21 @@ def scored_by_default(spec: str) -> bool:
     """Whether persona scores are read without being asked for: under local models, where they cost a batched
     pass; a remote scorer (Tinker) is used only when an option needs the scores (best_of, persona_filter)."""
     return spec.split("/", 1)[0] in LOCAL_PROVIDERS
+
+
+def scorer_for(reference, spec: str, constitution, needed: bool):
+    """`(prompts, answers) -> persona scores` under `reference` (the recipe's student, i.e. the base model)
+    with the full rendered constitution, or None where scores are neither needed (best_of, persona_filter)
+    nor free (`scored_by_default`). Raises ValueError when they are needed and `reference` reads no
+    log-probabilities."""
+    from .constitution import render_system_prompt
+    if reference.supports_logprobs and (needed or scored_by_default(spec)):
+        return functools.partial(persona_scores, reference, render_system_prompt(constitution))
+    if needed:
+        raise ValueError(f"best_of and persona_filter rank answers by persona score, which reads log-probabilities; "
+                         f"student {spec!r} gives none. Use a local student (embedded, hf/..., vllm/...) or set "
+                         "best_of: 1, persona_filter: false")
+    return None
 
 
 def best_of(scores: list[float]) -> int:

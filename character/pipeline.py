@@ -59,12 +59,17 @@ DISTILL_ADDED_LATER = {"teacher_prompt": "full", "voice_examples": True, "guidan
                        "persona_filter": False}
 
 
+def without_added_later(section, added: dict) -> dict:
+    """A recipe section's settings, less those added later that still hold their defaults."""
+    return {k: v for k, v in section.model_dump().items() if added.get(k, object()) != v}
+
+
 def train_settings(tcfg) -> dict:
-    return {k: v for k, v in tcfg.model_dump().items() if ADDED_LATER.get(k, object()) != v}
+    return without_added_later(tcfg, ADDED_LATER)
 
 
 def distill_settings(dcfg) -> dict:
-    return {k: v for k, v in dcfg.model_dump().items() if DISTILL_ADDED_LATER.get(k, object()) != v}
+    return without_added_later(dcfg, DISTILL_ADDED_LATER)
 
 
 def stage_settings(cfg: RecipeConfig, stage: str) -> dict:

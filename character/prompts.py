@@ -183,16 +183,15 @@ def run(cfg, run_dir: Path) -> list[Prompt]:
     c = C.load(cfg.constitution)
     expanded = None
     model = cfg.models.teacher
+    writer = lambda: get_backend(model, **cfg.models.options.get(model, {}))  # noqa: E731 - loaded only if asked
     if cfg.prompts.mix.get("expanded", 0) > 0:
-        expanded = expand_questions(c, get_backend(model, **cfg.models.options.get(model, {})),
-                                    cfg.prompts.expand_per_trait, cfg.seed)
+        expanded = expand_questions(c, writer(), cfg.prompts.expand_per_trait, cfg.seed)
     bare = [t.trait for t in c.traits if not t.questions]
     if bare and cfg.prompts.mix.get("constitution", 0) > 0:
         # traits imported without questions: the teacher writes theirs, and they stand in the constitution's share
         print(f"prompts: {len(bare)} of {len(c.traits)} traits have no questions; {model} writes "
               f"{cfg.prompts.expand_per_trait} for each (source 'expanded')", file=sys.stderr)
-        written = (expand_questions(c, get_backend(model, **cfg.models.options.get(model, {})),
-                                    cfg.prompts.expand_per_trait, cfg.seed, only=bare)
+        written = (expand_questions(c, writer(), cfg.prompts.expand_per_trait, cfg.seed, only=bare)
                    if expanded is None else {t: expanded.get(t, []) for t in bare})
         empty = [t for t in bare if not written.get(t)]
         if empty:

@@ -112,14 +112,25 @@ def length_batches(order: list[int], lengths: list[int], rows: int, budget: int)
 
 # transformers 5.24 renamed `past_key_values` to `cache` (the old name still works, with a warning)
 CACHE_ARG = "cache" if "cache" in inspect.signature(LlamaForCausalLM.forward).parameters else "past_key_values"
-PREFIX_MIN_TOKENS = 64
+
+
+PREFIX_MIN_TOKENS = 64  # a shared prompt head at least this long is computed once and reused
 
 
 def per_row(head_cache, rows: int):
     """A copy of a shared head's cache for each of `rows` rows (generation extends it in place)."""
     cache = copy.deepcopy(head_cache)
     cache.batch_repeat_interleave(rows)
-    return cache  # a shared prompt head at least this long is computed once and reused
+    return cache
+
+
+def by_system_prompt(conversations: list[Conversation]) -> list[list[int]]:
+    """Indices of the conversations grouped by their system prompt (no system prompt is one group), in
+    order of first appearance: the groups whose heads can share a cache."""
+    groups: dict[str, list[int]] = {}
+    for i, c in enumerate(conversations):
+        groups.setdefault(c[0].content if c and c[0].role == "system" else "", []).append(i)
+    return list(groups.values())
 
 
 def shared_prefix(seqs: list[list[int]]) -> int:
@@ -245,12 +256,9 @@ class HFBackend:
                 raise ValueError(f"negatives: {len(negatives)} given for {len(conversations)} conversations; give one each")
             neg_once = [self.tokenizer(self.render(c), add_special_tokens=False).input_ids for c in negatives]
             neg = [x for x in neg_once for _ in range(params.n)]
-        groups: dict[str, list[int]] = {}
-        for i, c in enumerate(convs):
-            groups.setdefault(c[0].content if c and c[0].role == "system" else "", []).append(i)
         plan = []  # (shared head, batch of item indices)
         own = [0] * len(ids)  # each item's tokens after its group's shared head
-        for items in groups.values():
+        for items in by_system_prompt(convs):
             head = shared_prefix([ids[i] for i in items]) if self.prefix_cache and len(items) > 1 else 0
             for i in items:
                 own[i] = len(ids[i]) - head
@@ -280,13 +288,14 @@ class HFBackend:
         flat = [r for r in results if r is not None]
         return [flat[i * params.n:(i + 1) * params.n] for i in range(len(conversations))]
 
-    def _fast(self):
+    def _fast(self, enabled: bool = True):
         """The context of generation and label reads: bf16 autocast where `self.autocast` (see __init__)."""
-        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=self.autocast)
+        return torch.autocast("cpu", dtype=torch.bfloat16, enabled=enabled and self.autocast)
 
-    def _head_cache(self, head: list[int]):
-        """The key/value cache of a shared prompt head."""
-        with self._lock, torch.inference_mode(), self._fast():
+    def _head_cache(self, head: list[int], fast: bool = True):
+        """The key/value cache of a shared prompt head (under bf16 autocast where `fast` and the backend
+        uses it, else in the model's dtype)."""
+        with self._lock, torch.inference_mode(), self._fast(fast):
             out = self.model(input_ids=torch.tensor([head], device=self.device), use_cache=True, logits_to_keep=1)
         return out[CACHE_ARG]
 
@@ -335,27 +344,19 @@ class HFBackend:
         such as the persona score, where the rounding largely cancels). Conversations that share a
         long head (the same system prompt) are grouped and the head is computed once per group, as in
         `generate`."""
-        mixed = torch.autocast("cpu", dtype=torch.bfloat16, enabled=fast and self.autocast)
         seqs, n_prompt = [], []
         for conv, resp in zip(conversations, responses, strict=True):
             f_ids, n = response_token_ids(self.tokenizer, conv, resp)
             seqs.append(f_ids)
             n_prompt.append(n)
-        groups: dict[str, list[int]] = {}
-        for i, c in enumerate(conversations):
-            groups.setdefault(c[0].content if c and c[0].role == "system" else "", []).append(i)
         out: list[list[float] | None] = [None] * len(seqs)
         step, pad = self.logprob_batch_size, self.tokenizer.pad_token_id
-        for items in groups.values():
+        for items in by_system_prompt(conversations):
             n_head = 0
             if self.prefix_cache and len(items) > 1:  # the head stays inside every prompt
                 n_head = min(shared_prefix([seqs[i] for i in items]), min(n_prompt[i] for i in items) - 1)
                 n_head = n_head if n_head >= PREFIX_MIN_TOKENS else 0
-            head_cache = None
-            if n_head:
-                with self._lock, torch.inference_mode(), mixed:
-                    head_cache = self.model(input_ids=torch.tensor([seqs[items[0]][:n_head]], device=self.device),
-                                            use_cache=True, logits_to_keep=1)[CACHE_ARG]
+            head_cache = self._head_cache(seqs[items[0]][:n_head], fast) if n_head else None
             for start in range(0, len(items), step):
                 batch = items[start:start + step]
                 rows = [seqs[i][n_head:] for i in batch]
@@ -366,7 +367,7 @@ class HFBackend:
                 if head_cache is not None:
                     kwargs[CACHE_ARG] = per_row(head_cache, len(rows))
                     kwargs["position_ids"] = torch.arange(n_head, n_head + width, device=self.device).expand(len(rows), -1)
-                with self._lock, torch.inference_mode(), mixed:
+                with self._lock, torch.inference_mode(), self._fast(fast):
                     logits = self.model(input_ids=ids, attention_mask=mask, **kwargs).logits.float()
                 logits = logits[:, :-1]  # the log-softmax at the next tokens only, without writing it out in full
                 logp = logits.gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1) - torch.logsumexp(logits, dim=-1)
