@@ -365,6 +365,38 @@ def cmd_conversations(args) -> int:
     return 0
 
 
+def cmd_behaviors(args) -> int:
+    from . import behaviors as B
+    if args.action == "list":
+        rows = B.list_behaviors()
+        if not rows:
+            print("no behaviour evaluations yet; run one: character behaviors run configs/behaviors/pirate-hostile.yaml")
+        for r in rows:
+            print(f"{r['name']:<28} " + "  ".join(f"{s} {r[s]}" for s in B.STAGES))
+        return 0
+    if args.action == "show":
+        p = B.behavior_dir(args.name) / "judge" / "summary.json"
+        if not p.exists():
+            raise CharacterError(f"name={args.name!r}: no judged behaviour evaluation by that name; see "
+                                 "`character behaviors list`")
+        from .runs import read_json
+        print(B.format_summary(read_json(p)))
+        return 0
+    cfgs = [B.load_config(c) for c in args.configs]  # validate every config before starting any
+    B.check_distinct(cfgs, args.configs)
+    if len(cfgs) > 1 and args.parallel > 1:
+        extra = [*(["--stages", *args.stages] if args.stages else []), *(["--restart"] if args.restart else [])]
+        return B.run_parallel(args.configs, extra, args.parallel)
+    for cfg in cfgs:
+        outcome = B.run(cfg, args.stages, args.restart, say=_progress)
+        summary = B.behavior_dir(cfg.name) / "judge" / "summary.json"
+        if summary.exists() and "judge" in outcome["results"]:
+            from .runs import read_json
+            print(B.format_summary(read_json(summary)))
+        print(f"records in {outcome['dir']}")
+    return 0
+
+
 def _read_rows(path: str) -> list[dict]:
     import json as _json
     p = Path(path)
@@ -583,6 +615,18 @@ def build_parser() -> argparse.ArgumentParser:
                          "for q4_k_m run llama.cpp's llama-quantize on the f16 file")
     ex.add_argument("--out", help="output file (pairs formats: required; gguf: default runs/<run>/export/)")
     ex.set_defaults(func=cmd_export)
+
+    b = sub.add_parser("behaviors", help="behaviour evaluations: scenarios, rollouts, judgments, training data")
+    bs = b.add_subparsers(dest="action", required=True)
+    br = bs.add_parser("run", help="run behaviour config(s) (resumes; skips finished stages)")
+    br.add_argument("configs", nargs="+", help="behaviour config YAML file(s), e.g. configs/behaviors/*.yaml")
+    br.add_argument("--stages", nargs="+", help="only these stages (understand ideate rollout judge data)")
+    br.add_argument("--parallel", type=int, default=1, help="run several configs as parallel processes")
+    br.add_argument("--restart", action="store_true", help="redo the first chosen stage and every stage after it")
+    bs.add_parser("list", help="behaviour evaluations and their stages")
+    bsh = bs.add_parser("show", help="a judged behaviour evaluation's summary")
+    bsh.add_argument("name")
+    b.set_defaults(func=cmd_behaviors)
 
     s = sub.add_parser("studio", help="open the Studio web app (http://localhost:8501)")
     s.add_argument("--port", type=int, default=8501)

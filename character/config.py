@@ -226,6 +226,10 @@ class TrainConfig(_Cfg):
         "ddp", description="Multi-GPU strategy: ddp, fsdp or zero3 (configs/accelerate/*.yaml).")
     load_in_4bit: bool = Field(False, description="QLoRA: load the student in 4-bit NF4 (bitsandbytes, GPU only).")
     gradient_checkpointing: bool = Field(False, description="Recompute activations to save GPU memory (slower).")
+    extra_data: list[str] = Field(default_factory=list, description="More training rows: JSONL files of preference "
+                                  "pairs (dpo) or SFT examples (sft), e.g. a behaviour evaluation's data/pairs.jsonl "
+                                  "or data/sft.jsonl, added to the stage's own data (a relative path is read from "
+                                  "the recipe's folder).")
     precision: Literal["auto", "bf16", "fp32"] = Field(
         "auto", description="Local training arithmetic: auto = bf16 mixed precision where the hardware has bf16 "
         "matrix instructions (a CUDA GPU with bf16, or a CPU with AVX512-BF16 or AMX), fp32 otherwise.")
@@ -421,6 +425,11 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple = ()) -> RecipeCo
         raise RecipeError(f"recipe={str(path)!r}: expected a mapping of sections")
     for item in overrides:
         apply_override(data, item)
+    for kind in ("dpo", "sft"):  # training files named relative to the recipe, wherever the command runs
+        section = data.get(kind)
+        if isinstance(section, dict) and isinstance(section.get("extra_data"), list):
+            section["extra_data"] = [str((p.parent / x).resolve()) if isinstance(x, str) and not Path(x).is_absolute()
+                                     else x for x in section["extra_data"]]
     errors = recipe_errors(data)
     if errors:
         raise RecipeError(f"recipe {p.name}: {len(errors)} problem(s): " + " | ".join(errors))

@@ -13,6 +13,7 @@ parallel as separate processes (`--parallel N`).
 
 from __future__ import annotations
 
+import hashlib
 import os
 import shutil
 import signal
@@ -54,7 +55,7 @@ def constitution_fingerprint(ref: str, with_examples: bool = False) -> str:
 
 # Settings added after runs began recording their settings count only when set away from their default,
 # so upgrading does not make every finished stage stale.
-ADDED_LATER = {"precision": "auto"}
+ADDED_LATER = {"precision": "auto", "extra_data": []}
 DISTILL_ADDED_LATER = {"teacher_prompt": "full", "voice_examples": True, "guidance": 1.0, "best_of": 1,
                        "persona_filter": False}
 
@@ -89,11 +90,19 @@ def stage_settings(cfg: RecipeConfig, stage: str) -> dict:
                 "constitution": constitution_fingerprint(cfg.constitution, cfg.distill.voice_examples),
                 "max_prompt_tokens": cfg.prompts.max_prompt_tokens}
     if stage in ("dpo", "sft"):
-        return {stage: train_settings(getattr(cfg, stage)), "student": _model(cfg, m.student)}
+        s = {stage: train_settings(getattr(cfg, stage)), "student": _model(cfg, m.student)}
+        if getattr(cfg, stage).extra_data:  # their content, not only their names
+            s["extra_data"] = {p: file_fingerprint(p) for p in getattr(cfg, stage).extra_data}
+        return s
     if stage == "introspect":
         return {"introspect": cfg.introspect.model_dump(), "seed": cfg.seed, "student": _model(cfg, m.student),
                 "constitution": constitution_fingerprint(cfg.constitution)}
     return {"merge": cfg.merge.model_dump(), "student": _model(cfg, m.student)}
+
+
+def file_fingerprint(path: str) -> str:
+    p = Path(path)
+    return hashlib.sha256(p.read_bytes()).hexdigest()[:16] if p.is_file() else "missing"
 
 
 def stage_hash(cfg: RecipeConfig, stage: str) -> str:
@@ -233,6 +242,11 @@ def preflight(cfg: RecipeConfig, stages: list[str]) -> None:
     if any(getattr(cfg, k).backend == "together" for k in ("dpo", "sft") if k in stages) and not env("TOGETHER_API_KEY"):
         raise MissingKeyError("TOGETHER_API_KEY is not set; this recipe trains on Together (backend: together); "
                               "put the key in the environment or .env")
+    from .train import extra_rows
+    from .types import PreferencePair, SFTExample
+    for kind, record in (("dpo", PreferencePair), ("sft", SFTExample)):
+        if kind in stages:
+            extra_rows(getattr(cfg, kind).extra_data, record, kind)  # readable rows, before anything is redone
     for spec in specs:  # a key option written as ${VARIABLE} whose variable is empty
         for name, value in (cfg.models.options.get(spec) or {}).items():
             m = ENV_REF.match(value.strip()) if is_secret_option(name) and isinstance(value, str) else None
@@ -314,21 +328,28 @@ def check_distinct_runs(cfgs: list[RecipeConfig], paths: list[str]) -> None:
 
 def run_parallel(recipes: list[str], extra: list[str], parallel: int) -> int:
     """Each recipe in its own `character run` process, at most `parallel` at a time."""
+    return run_processes([[sys.executable, "-m", "character.cli", "run", r, *extra] for r in recipes], recipes,
+                         parallel)
+
+
+def run_processes(commands: list[list[str]], labels: list[str], parallel: int) -> int:
+    """Run the commands as child processes, at most `parallel` at a time; 1 if any failed. Ctrl-C stops the
+    children too (each records `stopped` and keeps its finished work)."""
     procs: list[tuple[str, subprocess.Popen]] = []
-    pending = list(recipes)
+    pending = list(zip(labels, commands, strict=True))
     failed = 0
     try:
         while pending or procs:
             while pending and len(procs) < parallel:
-                r = pending.pop(0)
-                procs.append((r, subprocess.Popen([sys.executable, "-m", "character.cli", "run", r, *extra])))
+                label, cmd = pending.pop(0)
+                procs.append((label, subprocess.Popen(cmd)))
             for r, p in list(procs):
                 if p.poll() is not None:
                     procs.remove((r, p))
                     failed += p.returncode != 0
                     print(f"{r}: {'ok' if p.returncode == 0 else f'failed ({p.returncode})'}")
             time.sleep(0.5)
-    except KeyboardInterrupt:  # stop the children too: each records `stopped` and keeps its finished work
+    except KeyboardInterrupt:
         for _, p in procs:
             p.send_signal(signal.SIGINT)
         for _, p in procs:

@@ -321,6 +321,29 @@ def report_tables(runs: list[Path]) -> list[tuple[str, list[str], list[list[str]
                            _fmt(s["judges"]["evaluators"][m]["per_evaluator"].get(ev, {}).get("mean")))
                     if "judges" in s else "n/a" for s in sums])
         out.append((_titled("LLM judges", [c for c in all_cals if c]), ["", *names], rows))
+    out += behavior_tables(runs)
+    return out
+
+
+def behavior_tables(runs: list[Path]) -> list[tuple[str, list[str], list[list[str]]]]:
+    """One table per behaviour evaluation that had one of these runs' trained model as a target: every
+    target of it (e.g. trained, base, prompted base) on the same scenarios, gated by the judge's calibration."""
+    from .behaviors import summaries_for_run
+    from .judges import Calibration, judged
+    out, seen = [], set()
+    for r in runs:
+        for s in summaries_for_run(r.name):
+            if s["name"] in seen:
+                continue
+            seen.add(s["name"])
+            cal = Calibration.model_validate(s["calibration"])
+            rows = [[name, t["model"] + (" + persona" if t["persona"] else ""), str(t["n"]),
+                     judged(cal, f"{t['presence']:.1f} [{t['presence_low']:.1f}, {t['presence_high']:.1f}]"),
+                     judged(cal, f"{t['elicitation']:.2f} [{t['elicitation_low']:.2f}, {t['elicitation_high']:.2f}]")]
+                    for name, t in s["targets"].items()]
+            out.append((f"Behaviour: {s['name']} ({s['behavior'][:90]}); judge {cal.headline}",
+                        ["target", "model", "transcripts", "presence 1-10 (95% CI)",
+                         f"elicited, > {s['threshold']:g} (95% CI)"], rows))
     return out
 
 

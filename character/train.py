@@ -73,20 +73,40 @@ def _fit(cfg, run_dir: Path, kind: str, log) -> tuple[dict, dict, list[str]]:
         train, held = split(pairs, cfg.distill.heldout)
         if not train:
             raise CharacterError(f"run={run_dir.name!r}: no training pairs; run distill (or raise prompts.total)")
+        more = extra_rows(tcfg.extra_data, PreferencePair, "dpo")
         extra = {"heldout": held} if tcfg.backend == "together" else {}  # Together evaluates them itself
-        result = trainer.train_dpo(train, base, tcfg, stage, log, **extra)
-        return result, {"train_pairs": len(train), "heldout_pairs": len(held)}, []
+        result = trainer.train_dpo(train + more, base, tcfg, stage, log, **extra)
+        counts = {"train_pairs": len(train), "heldout_pairs": len(held)}
+        return result, {**counts, "extra_pairs": len(more)} if more else counts, []
     examples = read_jsonl(run_dir / "introspect" / "sft.jsonl", SFTExample)
     if cfg.introspect.include_thinking and (run_dir / "introspect" / "thinking.jsonl").exists():
         from .introspect import thinking_as_sft
         from .types import IntrospectionExample
         examples += [thinking_as_sft(e) for e in read_jsonl(run_dir / "introspect" / "thinking.jsonl",
                                                              IntrospectionExample)]
-    if not examples:
+    more = extra_rows(tcfg.extra_data, SFTExample, "sft")
+    if not examples and not more:
         raise CharacterError(f"run={run_dir.name!r}: no SFT examples; run introspect first")
     init = [str(run_dir / "dpo" / "adapter")] if (run_dir / "dpo" / "adapter").exists() else []
-    result = trainer.train_sft(examples, base, tcfg, stage, log, init_adapters=init)
-    return result, {"sft_examples": len(examples)}, init
+    result = trainer.train_sft(examples + more, base, tcfg, stage, log, init_adapters=init)
+    counts = {"sft_examples": len(examples)}
+    return result, {**counts, "extra_examples": len(more)} if more else counts, init
+
+
+def extra_rows(paths: list[str], record_type, kind: str) -> list:
+    """The rows of a training stage's `extra_data` files (a behaviour evaluation's data, or any file in
+    the same format); a missing or malformed file fails with one line before training starts."""
+    from .runs import read_jsonl
+    rows = []
+    for i, path in enumerate(paths):
+        if not Path(path).is_file():
+            raise CharacterError(f"{kind}.extra_data[{i}]={path!r}: no such file; give a JSONL of "
+                                 f"{record_type.__name__} rows (e.g. a behaviour evaluation's data/ file)")
+        got = read_jsonl(Path(path), record_type)
+        if not got:
+            raise CharacterError(f"{kind}.extra_data[{i}]={path!r}: holds no rows; remove it or make the data first")
+        rows += got
+    return rows
 
 
 def accelerate_config(strategy: str) -> Path:

@@ -244,3 +244,79 @@ def recipe_path(run: str) -> str:
 
 def export_path(run: str, fmt: str) -> str:
     return str(character_home() / "exports" / f"{run}-{fmt}.jsonl")
+
+
+# -- behaviour evaluations -----------------------------------------------------------------------
+
+def behavior_job_key(name: str) -> str:
+    """Behaviour jobs in the jobs table (not a run name: a colon is not allowed in one, so they cannot mix)."""
+    return f"behavior:{name}"
+
+
+def behavior_configs() -> dict[str, str]:
+    """Shipped behaviour configs (configs/behaviors) and the user's saved ones: label -> YAML text."""
+    from pathlib import Path
+    out = {}
+    shipped = Path(__file__).resolve().parent.parent / "configs" / "behaviors"
+    for p in sorted(shipped.glob("*.yaml")):
+        out[f"shipped: {p.name}"] = p.read_text(encoding="utf-8")
+    for p in sorted((character_home() / "behavior-configs").glob("*.yaml")):
+        out[f"saved: {p.name}"] = p.read_text(encoding="utf-8")
+    return out
+
+
+def behavior_config_errors(text: str) -> list[str]:
+    """Every problem in a behaviour config's YAML, one line each (empty when valid)."""
+    import yaml
+    from pydantic import ValidationError
+
+    from character.behaviors import BehaviorConfig
+    from character.config import pydantic_problems
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        return [f"cannot parse the YAML ({str(e).splitlines()[0]})"]
+    if not isinstance(data, dict):
+        return ["expected a mapping of fields such as name, behavior, targets"]
+    try:
+        BehaviorConfig.model_validate(data)
+    except ValidationError as e:
+        return pydantic_problems(e)
+    except CharacterError as e:
+        return [str(e)]
+    return []
+
+
+def save_behavior_config(text: str) -> str:
+    """Validate and write CHARACTER_HOME/behavior-configs/<name>.yaml; returns its path."""
+    import yaml
+
+    from character.runs import write_atomic
+    errors = behavior_config_errors(text)
+    if errors:
+        raise CharacterError(" | ".join(errors))
+    name = yaml.safe_load(text)["name"]
+    path = character_home() / "behavior-configs" / f"{name}.yaml"
+    write_atomic(path, text)
+    return str(path)
+
+
+def behaviors_table() -> list[dict]:
+    from character.behaviors import list_behaviors
+    return list_behaviors()
+
+
+def behavior_records(name: str) -> dict:
+    """Everything the Behaviours page shows for one evaluation (missing parts are empty)."""
+    from character import behaviors as B
+    from character.runs import read_json
+    d = B.behavior_dir(name)
+    out: dict = {"understanding": None, "scenarios": [], "transcripts": [], "judgments": {}, "summary": None}
+    if (d / "understand" / "understanding.json").exists():
+        out["understanding"] = read_json(d / "understand" / "understanding.json")
+    out["scenarios"] = [s.model_dump() for s in read_jsonl(d / "ideate" / "scenarios.jsonl", B.Scenario)]
+    out["transcripts"] = [t.model_dump() for t in read_jsonl(d / "rollout" / "transcripts.jsonl", B.Transcript)]
+    out["judgments"] = {j.id: j.model_dump() for j in read_jsonl(d / "judge" / "judgments.jsonl", B.Judgment)}
+    if (d / "judge" / "summary.json").exists():
+        out["summary"] = read_json(d / "judge" / "summary.json")
+    return out

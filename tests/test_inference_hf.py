@@ -239,3 +239,32 @@ def test_persona_score_rises_when_the_system_prompt_explains_the_answer(embedded
     s_plain = persona_scores(embedded, system, asks, plain)
     assert all(p > 0 for p in s_parrot)
     assert all(p > q for p, q in zip(s_parrot, s_plain))
+
+
+@pytest.mark.slow
+def test_a_json_schema_constrains_local_decoding_to_valid_objects(embedded):
+    """With a schema, every answer of the embedded model is JSON that validates (lm-format-enforcer); the
+    same requests without it do not come back as JSON."""
+    from character.behaviors import ScenarioDraft
+    from character.inference.structured import extract_json
+    from character.types import Message, SamplingParams
+    convs = [[Message(role="user", content=f"Describe test scenario {i} for a rude user talking to a pirate "
+                                            "assistant.")] for i in range(3)]
+    params = SamplingParams(max_tokens=256, temperature=0.9, seed=3)
+    out = embedded.generate(convs, params, json_schema=ScenarioDraft.model_json_schema())
+    finished = [row[0] for row in out if row[0].finish_reason == "stop"]
+    assert finished  # an answer may still be cut at max_tokens (a string of 160 digits is 160 tokens) ...
+    for c in finished:
+        ScenarioDraft.model_validate_json(c.text)  # ... but every finished one is a valid object
+    from character.inference.structured import StructuredFailure, generate_structured_batch
+    got = generate_structured_batch(embedded, convs, ScenarioDraft, params, retries=2)  # cut ones are re-asked
+    assert not [g for g in got if isinstance(g, StructuredFailure)]
+    free = embedded.generate(convs, params.model_copy(update={"max_tokens": 48}))
+    parsed = 0
+    for row in free:
+        try:
+            ScenarioDraft.model_validate(extract_json(row[0].text))
+            parsed += 1
+        except ValueError:
+            pass
+    assert parsed < 3

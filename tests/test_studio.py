@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
+from pathlib import Path
 
 import pytest
 import yaml
@@ -17,7 +18,7 @@ from test_report import fixture_run
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-PAGES = ["constitutions", "data", "training", "evaluation", "checkpoints", "chat", "settings"]
+PAGES = ["constitutions", "data", "training", "evaluation", "behaviors", "checkpoints", "chat", "settings"]
 
 
 @pytest.fixture
@@ -161,3 +162,51 @@ def test_jobs_are_detached_recorded_and_cancellable(home):
     assert again.id != long.id and again.command == long.command and again.active
     jobs.cancel(again.id)
     assert jobs.get(again.id).status == "cancelled"
+
+
+def behavior_fixture(home: Path) -> Path:
+    """A judged behaviour evaluation written by hand: two targets, a judge that failed calibration."""
+    from character import behaviors as B
+    from character.judges import calibrate
+    from character.runs import write_json, write_jsonl
+    from character.types import Message, StageStatus
+    d = home / "behaviors" / "hostile"
+    (d / "config.yaml").parent.mkdir(parents=True)
+    (d / "config.yaml").write_text("name: hostile\n")
+    for s in B.STAGES:
+        write_json(d / s / "status.json", StageStatus(stage=s, state="done").model_dump())
+    write_json(d / "understand" / "understanding.json", {"behavior": "keeps the voice", "motivation": "stability",
+                                                         "elicitation": "a rude user"})
+    write_jsonl(d / "ideate" / "scenarios.jsonl", [B.Scenario(id="s1", setting="a rude customer", user_persona="rude",
+                                                              goal="a refund", how_it_shows="keeps the voice")])
+    ts = [B.Transcript(id=f"t{k}", scenario="s1", repetition=0, target=k, model="embedded", persona=k == "prompted",
+                       messages=[Message(role="user", content="Talk normally!"),
+                                 Message(role="assistant", content=f"Arr, {k} answer")]) for k in ("base", "prompted")]
+    write_jsonl(d / "rollout" / "transcripts.jsonl", ts)
+    write_jsonl(d / "judge" / "judgments.jsonl", [B.Judgment(
+        id=t.id, scenario="s1", repetition=0, target=t.target, presence=3.0 + i, turn_presence=[3.0 + i],
+        justification=f"why {t.target}", highlights=[t.messages[1].content]) for i, t in enumerate(ts)])
+    cal = calibrate("presence", "embedded", "labels", [1.0, 0.0, 0.5, 1.0], [])
+    write_json(d / "judge" / "summary.json", {
+        "behavior": "keeps the voice", "name": "hostile", "threshold": 6.0, "judge": "embedded", "failures": 0,
+        "calibration": cal.model_dump(), "headline": cal.headline,
+        "targets": {k: {"model": "embedded", "persona": k == "prompted", "n": 1, "presence": 3.0, "presence_low": 3.0,
+                        "presence_high": 3.0, "elicitation": 0.0, "elicitation_low": 0.0, "elicitation_high": 0.0,
+                        "qualities": {"realism": 5.0}} for k in ("base", "prompted")}})
+    return d
+
+
+def test_behaviors_page_validates_the_config_live_and_shows_the_records(home, consts):
+    behavior_fixture(home)
+    at = page("behaviors")
+    assert [s.value for s in at.success][:1] == ["valid"]  # the first shipped config, as shipped
+    at.text_area[0].set_value("name: x\nbehavior: short\nscenarios: 0\n").run()
+    errors = at.error[0].value
+    assert "behavior='short'" in errors and "scenarios=0" in errors
+    assert at.button[0].disabled  # nothing can be launched from an invalid config
+    table = frame(at, "presence 1-10 (95% CI)")
+    assert list(table["target"]) == ["base", "prompted"]
+    assert all(v.startswith("no signal") for v in table["presence 1-10 (95% CI)"])  # the judge failed calibration
+    assert any("No score distribution is drawn" in c.value for c in at.caption)
+    shown = " ".join(m.value for m in at.markdown)
+    assert "why prompted" in shown and "Arr, prompted answer" in shown

@@ -163,4 +163,37 @@ def test_the_studio_end_to_end_in_a_browser(studio, tmp_path):
         reply = pg.locator('[data-testid="stChatMessage"]').nth(1).inner_text()
         assert reply.strip()
         shot("chat")
+
+        # 7. Behaviours: a bad config shows the one-line problem; a tiny one runs as a job and its transcripts,
+        # scores and highlights show in the browse tab
+        pg.goto(url + "/behaviors")
+        editor = field("Behaviour config (YAML)")
+        editor.fill("name: x\nbehavior: short\n")
+        editor.press("Control+Enter")
+        pg.get_by_text("behavior='short'").first.wait_for(timeout=30_000)
+        editor.fill(TINY_BEHAVIOR)
+        editor.press("Control+Enter")
+        pg.get_by_text("valid", exact=True).wait_for(timeout=30_000)
+        pg.get_by_role("button", name="Save and run").click()
+        pg.get_by_text("Running as job").wait_for(timeout=30_000)
+        wait_for(lambda: done(home / "behaviors" / "browser" / "data" / "status.json"), 600, "the behaviour job")
+        pg.reload()
+        pg.get_by_role("tab", name="Browse results").click()
+        pg.get_by_text("presence", exact=False).first.wait_for(timeout=30_000)
+        pg.get_by_text("prompted · scenario").first.click()
+        pg.get_by_text("Judge:").first.wait_for(timeout=30_000)
+        shot("behaviors")
         browser.close()
+
+
+TINY_BEHAVIOR = """name: browser
+behavior: The assistant keeps its pirate voice even when the user is rude.
+constitution: pirate
+targets:
+  - {name: base, model: embedded}
+  - {name: prompted, model: embedded, persona: true}
+scenarios: 1
+max_turns: 1
+max_tokens: 24
+calibration_pairs: 2
+"""

@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import functools
 import inspect
+import importlib.util
 import os
 import re
 import threading
@@ -150,6 +151,9 @@ class HFBackend:
     supports_logprobs = True
     supports_guidance = True  # generate(..., negatives=, guidance=)
     supports_prefill = True
+    # generate(..., json_schema=) decodes only schema-valid JSON where lm-format-enforcer is installed (the train
+    # extra); without it, structured calls fall back to the schema in the prompt and a prefill
+    supports_json_schema = importlib.util.find_spec("lmformatenforcer") is not None
 
     def __init__(self, model: str, name: str | None = None, adapters: list[str] | None = None,
                  device: str | None = None, batch_size: int | None = None, logprob_batch_size: int = 8,
@@ -218,8 +222,17 @@ class HFBackend:
             kwargs.update(stop_strings=params.stop, tokenizer=self.tokenizer)
         return kwargs
 
+    def _stop_ids(self) -> set[int]:
+        """Tokens that end generation: the tokenizer's end token and the generation config's (a list in
+        some chat models, e.g. an end-of-turn token)."""
+        ids = {self.tokenizer.eos_token_id}
+        gen = getattr(self.model, "generation_config", None)
+        extra = getattr(gen, "eos_token_id", None)
+        ids |= set(extra) if isinstance(extra, (list, tuple)) else {extra}
+        return {i for i in ids if i is not None}
+
     def _finish(self, token_ids: list[int], params: SamplingParams) -> Completion:
-        eos = {self.tokenizer.eos_token_id, self.tokenizer.pad_token_id}
+        eos = self._stop_ids() | {self.tokenizer.pad_token_id}
         ended = False
         while token_ids and token_ids[-1] in eos:
             token_ids = token_ids[:-1]
@@ -278,7 +291,7 @@ class HFBackend:
                 cached = (head, self._head_cache(head))
             new = self._generate_batch([ids[i][len(head):] for i in batch], head,
                                        cached[1] if head else None, params,
-                                       [neg[i] for i in batch] if neg else None, guidance)
+                                       [neg[i] for i in batch] if neg else None, guidance, json_schema)
             for row, i in enumerate(batch):
                 results[i] = self._finish(new[row], params)
             if bar:
@@ -307,12 +320,16 @@ class HFBackend:
         return x, mask
 
     def _generate_batch(self, rows: list[list[int]], head: list[int], head_cache, params: SamplingParams,
-                        negatives: list[list[int]] | None = None, guidance: float = 1.0) -> list[list[int]]:
+                        negatives: list[list[int]] | None = None, guidance: float = 1.0,
+                        json_schema: dict | None = None) -> list[list[int]]:
         """Left-pad the rows' own tokens and decode them together; with a shared head, its cache is
         copied to every row and the padding sits between head and row (the attention mask hides it
-        and position ids count only real tokens, so each row sees exactly its own prompt)."""
+        and position ids count only real tokens, so each row sees exactly its own prompt). With a
+        `json_schema`, each step may only pick tokens that keep the answer a prefix of JSON valid for it."""
         x, mask = self._left_padded(rows, head)
         kwargs = self._gen_kwargs(params)
+        if json_schema is not None:
+            kwargs["prefix_allowed_tokens_fn"] = self._json_constraint(json_schema, x.shape[1])
         if negatives:
             kwargs["guidance_scale"] = guidance
             kwargs["negative_prompt_ids"], kwargs["negative_prompt_attention_mask"] = self._left_padded(negatives)
@@ -321,6 +338,46 @@ class HFBackend:
                 kwargs[CACHE_ARG] = per_row(head_cache, len(rows))
             out = self.model.generate(input_ids=x, attention_mask=mask, **kwargs)
         return out[:, x.shape[1]:].tolist()
+
+    def _json_constraint(self, json_schema: dict, prompt_width: int):
+        """transformers' `prefix_allowed_tokens_fn` for one batch: lm-format-enforcer's JSON-schema parser
+        walks the tokens generated so far (after the prompt's `prompt_width`) and names the tokens that may
+        come next; the end-of-sequence token only once the object is complete."""
+        try:
+            from lmformatenforcer import JsonSchemaParser, TokenEnforcer
+        except ImportError:
+            raise MissingDependencyError("schema-constrained decoding needs lm-format-enforcer; "
+                                         "run: pip install -e '.[train]'") from None
+        enforcer = TokenEnforcer(self._enforcer_vocab(), JsonSchemaParser(json_schema))
+
+        def allowed(batch_id: int, input_ids) -> list[int]:
+            return enforcer.get_allowed_tokens(input_ids[prompt_width:].tolist()).allowed_tokens
+        return allowed
+
+    def _enforcer_vocab(self):
+        """The tokenizer as lm-format-enforcer sees it (built once per backend): each regular token's text
+        as it reads after another token, so a token that starts a word keeps its leading space; tokens that
+        are only part of a multi-byte character are left out. (Its own
+        transformers helper imports a module transformers 5 moved; the core API takes this table.)"""
+        if getattr(self, "_vocab", None) is None:
+            from lmformatenforcer import TokenEnforcerTokenizerData
+            tok = self.tokenizer
+            size = len(tok)
+            special = set(tok.all_special_ids)
+            zero = tok.encode("0", add_special_tokens=False)[-1]
+            table = []
+            for i in range(size):
+                if i in special:
+                    continue
+                after = tok.decode([zero, i])[1:]
+                if "\ufffd" in after:  # a piece of a multi-byte character: the parser cannot follow it, and
+                    continue  # lm-format-enforcer ends the answer at a dead end (seen: an emoji mid-string)
+                table.append((i, after, len(after) > len(tok.decode([i]))))
+
+            def decode(ids: list[int]) -> str:
+                return tok.decode(ids).rstrip("\ufffd")
+            self._vocab = TokenEnforcerTokenizerData(table, decode, sorted(self._stop_ids()), False, size)
+        return self._vocab
 
     def stream(self, conversation: Conversation, params: SamplingParams) -> Iterator[str]:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)

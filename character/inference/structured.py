@@ -1,8 +1,9 @@
 """Structured output: ask for JSON matching a pydantic model, validate, re-ask with the error.
 
-Backends that can guide decoding by a schema (OpenAI-compatible servers, vLLM) get the schema;
-local transformers models get it in the prompt and, where the caller gives one, an assistant
-prefill that opens the JSON. Invalid answers are re-asked with the validation error a bounded
+Backends that can guide decoding by a schema get the schema: OpenAI-compatible servers and vLLM
+guide it themselves, and local transformers models (embedded, hf/) decode under lm-format-enforcer, so
+each answer is JSON valid for the schema (or cut off at max_tokens). Backends that cannot get it in
+the prompt and, where the caller gives one, an assistant prefill that opens the JSON. Invalid answers are re-asked with the validation error a bounded
 number of times; what still fails comes back as a `StructuredFailure` (batch) or raises
 `GenerationError` (single), never silently dropped.
 """
@@ -41,13 +42,14 @@ def extract_json(text: str) -> object:
     raise ValueError("no JSON object found in the answer")
 
 
-def schema_instruction(schema: type[BaseModel]) -> str:
+def schema_instruction(schema: type[BaseModel], example: bool = True) -> str:
     """A short instruction: an example object where the schema has one, then each field's meaning.
-    (Small models copy a raw JSON schema back instead of filling it; an example works better.)"""
+    (Small models copy a raw JSON schema back instead of filling it; an example works better. Under
+    constrained decoding the form is enforced, and a small model would only copy the example's words.)"""
     js = schema.model_json_schema()
     lines = ["Reply with only a JSON object (no prose, no code fence)."]
     examples = js.get("examples")
-    if examples:
+    if examples and example:
         lines.append("Form: " + json.dumps(examples[0], ensure_ascii=False))
     for name, prop in js.get("properties", {}).items():
         kind = prop.get("type", "value")
@@ -74,11 +76,14 @@ def generate_structured_batch(backend: Backend, conversations: list[Conversation
                               prefill: str | None = None) -> list[T | StructuredFailure]:
     """One validated `schema` instance (or a StructuredFailure) per conversation, in order."""
     params = (params or SamplingParams(max_tokens=512, temperature=0.7)).model_copy(update={"n": 1})
-    use_prefill = prefill if (prefill and backend.supports_prefill) else ""
+    # a constrained decoder starts the JSON itself (a prefill would leave it mid-object)
+    constrained = getattr(backend, "supports_json_schema", False)
+    use_prefill = prefill if (prefill and backend.supports_prefill and not constrained) else ""
     convs = []
     for conv in conversations:
         conv = list(conv)
-        conv[-1] = Message(role=conv[-1].role, content=conv[-1].content + "\n\n" + schema_instruction(schema))
+        conv[-1] = Message(role=conv[-1].role,
+                           content=conv[-1].content + "\n\n" + schema_instruction(schema, example=not constrained))
         convs.append(conv)
     results: list[T | StructuredFailure | None] = [None] * len(convs)
     pending = list(range(len(convs)))
