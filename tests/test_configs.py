@@ -112,10 +112,10 @@ def test_a_training_setting_added_later_keeps_finished_stages_fresh():
     version before it (settings without the field) stays fresh under the default, and goes stale when the
     recipe sets it; the pre-provenance (legacy) hash is unchanged too."""
     from character.config import config_hash
-    from character.pipeline import _model, legacy_hash, stage_hash, stage_settings, what_changed
+    from character.pipeline import ADDED_LATER, _model, legacy_hash, stage_hash, stage_settings, what_changed
     cfg = load_recipe(ROOT / "configs" / "pirate-cpu.yaml")
-    for stage in ("dpo", "sft"):
-        before = {k: v for k, v in getattr(cfg, stage).model_dump().items() if k != "precision"}
+    for stage in ("dpo", "sft"):  # (extra_data came later still, the same way)
+        before = {k: v for k, v in getattr(cfg, stage).model_dump().items() if k not in ADDED_LATER}
         recorded = {stage: before, "student": _model(cfg, cfg.models.student)}
         assert stage_hash(cfg, stage) == config_hash(recorded)
         assert legacy_hash(cfg, stage) == config_hash(before)
