@@ -208,13 +208,14 @@ def test_two_configs_run_in_parallel_processes(tmp_path):
     a = write_config(tmp_path, name="first", scenarios=1, dimensions={})
     b = write_config(tmp_path, name="second", scenarios=1, dimensions={}, constitution="stoic",
                      behavior="The assistant stays calm and reasoned when the user provokes it.")
-    r = run_cli("behaviors", "run", str(a), str(b), "--parallel", "2", "--stages", "understand", "ideate",
+    r = run_cli("behaviors", "run", str(a), str(b), "--parallel", "2", "--stages", "understand",
                 env={"CHARACTER_HOME": str(home)})
     assert r.returncode == 0, r.stderr[-2000:]
     assert "first: ok" in r.stdout and "second: ok" in r.stdout
     for name in ("first", "second"):
-        assert read_status(home / "behaviors" / name / "ideate").state == "done"
-        assert read_jsonl(home / "behaviors" / name / "ideate" / "scenarios.jsonl", B.Scenario)
+        assert read_status(home / "behaviors" / name / "understand").state == "done"
+        assert B.Understanding.model_validate(read_json(home / "behaviors" / name / "understand" /
+                                                        "understanding.json"))
     same = write_config(tmp_path, "again.yaml", name="first")
     r = run_cli("behaviors", "run", str(a), str(same), "--parallel", "2", env={"CHARACTER_HOME": str(home)})
     assert r.returncode == 1 and "give each config its own name" in r.stderr

@@ -181,7 +181,7 @@ def test_the_studio_end_to_end_in_a_browser(studio, tmp_path):
         pg.get_by_role("tab", name="Browse results").click()
         pg.get_by_text("presence", exact=False).first.wait_for(timeout=30_000)
         pg.get_by_text("prompted · scenario").first.click()
-        pg.get_by_text("Judge:").first.wait_for(timeout=30_000)
+        pg.locator("strong:visible", has_text="Judge:").first.wait_for(timeout=30_000)  # (the YAML editor says "judge:" too)
         shot("behaviors")
         browser.close()
 
