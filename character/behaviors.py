@@ -162,17 +162,10 @@ class BehaviorConfig(_Cfg):
 
 
 def load_config(path: str | Path) -> BehaviorConfig:
-    from .config import RecipeError, pydantic_problems
+    from .config import RecipeError, pydantic_problems, read_yaml_mapping
     p = Path(path)
-    if not p.is_file():
-        raise RecipeError(f"config={str(path)!r}: no such file; give a behaviour config such as "
-                          "configs/behaviors/pirate-hostile.yaml")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise RecipeError(f"config={str(path)!r}: cannot parse ({str(e).splitlines()[0]}); fix the YAML") from None
-    if not isinstance(data, dict):
-        raise RecipeError(f"config={str(path)!r}: expected a mapping of fields such as name, behavior, targets")
+    data = read_yaml_mapping(path, "config", "a behaviour config such as configs/behaviors/pirate-hostile.yaml",
+                             "fields such as name, behavior, targets")
     try:
         return BehaviorConfig.model_validate(data)
     except ValidationError as e:
@@ -789,13 +782,8 @@ def run(cfg: BehaviorConfig, stages: list[str] | None = None, restart: bool = Fa
 
 
 def check_distinct(cfgs: list[BehaviorConfig], paths: list[str]) -> None:
-    """Two configs that write one behaviour folder would be two writers: refuse before starting any."""
-    seen: dict[str, str] = {}
-    for cfg, path in zip(cfgs, paths, strict=True):
-        if cfg.name in seen:
-            raise CharacterError(f"name={cfg.name!r}: both {seen[cfg.name]} and {path} write behavior {cfg.name!r}; "
-                                 "give each config its own name")
-        seen[cfg.name] = path
+    from .pipeline import check_distinct as distinct
+    distinct([c.name for c in cfgs], paths, "behavior", "give each config its own name")
 
 
 def run_parallel(configs: list[str], extra: list[str], parallel: int) -> int:

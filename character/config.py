@@ -413,16 +413,23 @@ def recipe_errors(data: dict) -> list[str]:
     return []
 
 
-def load_recipe(path: str | Path, overrides: list[str] | tuple = ()) -> RecipeConfig:
+def read_yaml_mapping(path: str | Path, field: str, example: str, shape: str) -> dict:
+    """A YAML file that must hold a mapping (a recipe, a behaviour config), or one line naming what is wrong."""
     p = Path(path)
     if not p.is_file():
-        raise RecipeError(f"recipe={str(path)!r}: no such file; give a YAML recipe such as configs/pirate-cpu.yaml")
+        raise RecipeError(f"{field}={str(path)!r}: no such file; give {example}")
     try:
         data = yaml.safe_load(p.read_text(encoding="utf-8")) or {}
     except (yaml.YAMLError, UnicodeDecodeError) as e:
-        raise RecipeError(f"recipe={str(path)!r}: cannot parse ({str(e).splitlines()[0]}); fix the YAML") from None
+        raise RecipeError(f"{field}={str(path)!r}: cannot parse ({str(e).splitlines()[0]}); fix the YAML") from None
     if not isinstance(data, dict):
-        raise RecipeError(f"recipe={str(path)!r}: expected a mapping of sections")
+        raise RecipeError(f"{field}={str(path)!r}: expected a mapping of {shape}")
+    return data
+
+
+def load_recipe(path: str | Path, overrides: list[str] | tuple = ()) -> RecipeConfig:
+    p = Path(path)
+    data = read_yaml_mapping(path, "recipe", "a YAML recipe such as configs/pirate-cpu.yaml", "sections")
     for item in overrides:
         apply_override(data, item)
     for kind in ("dpo", "sft"):  # training files named relative to the recipe, wherever the command runs

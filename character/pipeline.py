@@ -316,14 +316,17 @@ def summary(outcome: dict) -> str:
     return run_summary(Path(outcome["run"]), outcome.get("timings", {}))
 
 
-def check_distinct_runs(cfgs: list[RecipeConfig], paths: list[str]) -> None:
-    """Two recipes that write one run folder would be two writers: refuse before starting any."""
+def check_distinct(names: list[str], paths: list[str], what: str, fix: str) -> None:
+    """Two configs that write one folder would be two writers: refuse before starting any."""
     seen: dict[str, str] = {}
-    for cfg, path in zip(cfgs, paths, strict=True):
-        if cfg.name in seen:
-            raise CharacterError(f"name={cfg.name!r}: both {seen[cfg.name]} and {path} write run {cfg.name!r}; "
-                                 "give each recipe its own name")
-        seen[cfg.name] = path
+    for name, path in zip(names, paths, strict=True):
+        if name in seen:
+            raise CharacterError(f"name={name!r}: both {seen[name]} and {path} write {what} {name!r}; {fix}")
+        seen[name] = path
+
+
+def check_distinct_runs(cfgs: list[RecipeConfig], paths: list[str]) -> None:
+    check_distinct([c.name for c in cfgs], paths, "run", "give each recipe its own name")
 
 
 def run_parallel(recipes: list[str], extra: list[str], parallel: int) -> int:
