@@ -14,6 +14,7 @@ import json
 import os
 import re
 from pathlib import Path
+from typing import ClassVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -300,8 +301,9 @@ class PersonaDraft(BaseModel):
 class TraitsDraft(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "traits": ["I answer with dry humour.", "I notice small details others miss."]}]})
-    # minItems goes into the JSON schema, so schema-guided servers enforce it. (A string `pattern`
-    # would too in principle, but llama.cpp then falls back to unguided JSON.)
+    # minItems goes into the JSON schema, so schema-guided servers enforce it. The item pattern is enforced
+    # only by local constrained decoding (structured.local_schema); llama.cpp falls back to unguided JSON on one.
+    patterns: ClassVar[dict[str, str]] = {"traits": r"I( [A-Za-z',-]+){3,16}\."}
     traits: list[str] = Field(min_length=3, description="first-person trait statements, each starting with 'I '")
 
     @field_validator("traits", mode="before")
@@ -324,6 +326,7 @@ class TraitsDraft(BaseModel):
 class QuestionsDraft(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "questions": ["Can you help me plan my week?", "What do you think of modern art?"]}]})
+    patterns: ClassVar[dict[str, str]] = {"questions": r"[A-Z][A-Za-z',-]*( [A-Za-z0-9',-]+){2,24}[?.!]"}
     questions: list[str] = Field(min_length=2, description="realistic messages a user might send")
 
     @field_validator("questions", mode="before")

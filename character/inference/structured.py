@@ -59,6 +59,18 @@ def schema_instruction(schema: type[BaseModel], example: bool = True) -> str:
     return "\n".join(lines)
 
 
+def local_schema(schema: type[BaseModel]) -> dict:
+    """The JSON schema a local constrained decoder enforces: the model's schema plus the string patterns it
+    names in a `patterns` class variable (field -> regex; for a list field, each item), so the decoder also
+    keeps the form the validators check (a trait starts with 'I ' and has four words or more). Servers get the
+    plain schema: llama.cpp, for one, falls back to unguided JSON on a `pattern`."""
+    js = schema.model_json_schema()
+    for name, regex in getattr(schema, "patterns", {}).items():
+        prop = js["properties"][name]
+        (prop["items"] if prop.get("type") == "array" else prop)["pattern"] = regex
+    return js
+
+
 def parse_as(schema: type[T], text: str) -> T:
     data = extract_json(text)
     return schema.model_validate(data)
@@ -89,7 +101,7 @@ def generate_structured_batch(backend: Backend, conversations: list[Conversation
     pending = list(range(len(convs)))
     last_raw: dict[int, str] = {}
     last_err: dict[int, str] = {}
-    json_schema = schema.model_json_schema()
+    json_schema = local_schema(schema) if constrained else schema.model_json_schema()
     for _ in range(retries + 1):
         if not pending:
             break
