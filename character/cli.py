@@ -198,6 +198,25 @@ def cmd_stage(args) -> int:
     return 0
 
 
+def cmd_estimate(args) -> int:
+    from .config import load_recipe
+    from .estimate import cached_rates, estimate, measure
+    if not args.recipe:  # only measure (and cache) a model's rates
+        measure(args.model, "trl")
+        return 0
+    cfg = load_recipe(args.recipe, args.set)
+    rates = cached_rates(cfg.models.student, cfg.dpo.backend)
+    if args.measure or rates is None:
+        rates = measure(cfg.models.student, cfg.dpo.backend)
+    rows = estimate(cfg, rates)
+    for r in rows:
+        secs = "-" if r["estimate_s"] is None else f"{r['estimate_s'] // 60}:{r['estimate_s'] % 60:02d}"
+        print(f"{r['stage']:<11} {secs:>6}  {r['basis']}")
+    done = [r["estimate_s"] for r in rows if r["estimate_s"] is not None and r["stage"] != "eval"]
+    print(f"pipeline    {sum(done) // 60}:{sum(done) % 60:02d}  (prompts to merge; eval on its own)")
+    return 0
+
+
 def cmd_preview(args) -> int:
     from . import constitution as C
     from .distill import make_pairs
@@ -601,6 +620,13 @@ def build_parser() -> argparse.ArgumentParser:
     pv.add_argument("--best-of", type=int, default=1, help="teacher answers per prompt; keep the most in character")
     pv.add_argument("--out", required=True, help="JSONL of preference pairs")
     pv.set_defaults(func=cmd_preview)
+
+    es = sub.add_parser("estimate", help="time per stage for a recipe on this machine (measures its rates once)")
+    es.add_argument("recipe", nargs="?", help="recipe YAML (without one: measure --model's rates and stop)")
+    es.add_argument("--model", default="embedded", help="without a recipe: the model to measure")
+    es.add_argument("--measure", action="store_true", help="measure the rates again")
+    es.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides, e.g. prompts.total=32")
+    es.set_defaults(func=cmd_estimate)
 
     rp = sub.add_parser("report", help="the report card of one run, or several side by side")
     rp.add_argument("runs", nargs="+")

@@ -179,6 +179,117 @@ def save_recipe_data(data: dict) -> str:
     return str(save_recipe(data))
 
 
+def recipe_choices() -> dict[str, str]:
+    """Shipped recipes (configs/*.yaml) and the user's saved ones (CHARACTER_HOME/recipes): label -> path.
+    The demo recipe comes first: it is the one sized for this kind of machine."""
+    from pathlib import Path
+    shipped = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"),
+                     key=lambda p: (p.name != "pirate-cpu.yaml", p.name))
+    out = {f"shipped: {p.name}": str(p) for p in shipped}
+    out.update({f"saved: {p.name}": str(p) for p in sorted((character_home() / "recipes").glob("*.yaml"))})
+    return out
+
+
+def recipe_data(path: str) -> dict:
+    """A recipe file as a full mapping: every section with its defaults filled in, so the form and the YAML
+    editor show every setting that will be sent (nothing behind them)."""
+    from character.config import RecipeConfig, load_recipe, public_recipe
+    return public_recipe(RecipeConfig.model_validate(load_recipe(path).model_dump()))
+
+
+def recipe_problems(data: object) -> list[str]:
+    """Every problem in a recipe mapping, one line each (empty when valid)."""
+    from character.config import recipe_errors
+    if not isinstance(data, dict):
+        return ["expected a mapping of sections such as name, constitution, models, prompts"]
+    return recipe_errors(data)
+
+
+def recipe_yaml(data: dict) -> str:
+    import yaml
+    return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
+
+
+def parse_recipe_yaml(text: str) -> tuple[dict | None, list[str]]:
+    """(mapping, problems) from the advanced editor's text."""
+    import yaml
+    try:
+        data = yaml.safe_load(text) or {}
+    except yaml.YAMLError as e:
+        return None, [f"cannot parse the YAML ({str(e).splitlines()[0]}); fix the syntax"]
+    problems = recipe_problems(data)
+    return (data if isinstance(data, dict) else None), problems
+
+
+def estimate_rows(data: dict) -> list[dict] | None:
+    """Per-stage time estimate for a valid recipe mapping from this machine's cached rates; None when the
+    student's rates were never measured here (the page offers to measure them)."""
+    from character.config import RecipeConfig
+    from character.estimate import cached_rates, estimate
+    cfg = RecipeConfig.model_validate(data)
+    if cfg.dpo.backend == "trl" and cached_rates(cfg.models.student, "trl") is None:
+        return None
+    return estimate(cfg)
+
+
+def run_estimate_rows(run: str) -> list[dict]:
+    """The run's stages: estimate (from its recipe and the cached rates) beside the actual seconds."""
+    from character.estimate import with_actuals
+    rows = stage_rows(run)
+    try:
+        estimates = estimate_rows(recipe_of(run).model_dump()) or []
+    except Exception:  # an old or hand-made run folder without a full recipe: actual times only
+        estimates = []
+    if not estimates:
+        return [{"stage": r["stage"], "estimate_s": None, "actual_s": r["seconds"], "state": r["state"],
+                 "done": r["done"], "total": r["total"], "note": r["note"]} for r in rows]
+    by = {r["stage"]: r for r in rows}
+    return [{**e, "done": by.get(e["stage"], {}).get("done"), "total": by.get(e["stage"], {}).get("total"),
+             "note": by.get(e["stage"], {}).get("note", "")} for e in with_actuals(estimates, rows)]
+
+
+def measure_job_key(model: str) -> str:
+    return f"rates:{model}"
+
+
+def launch_measure(model: str) -> jobs.Job:
+    return jobs.launch(measure_job_key(model), "measure", ["estimate", f"--model={model}", "--measure"])
+
+
+# One-click stages on an existing run: label -> (job stage, command words after `character`, the stages that
+# must be done first). Each is the single-stage command a user would type.
+STAGE_BUTTONS = {
+    "DPO only": ("dpo", ["run", "--stages", "dpo", "--", "{recipe}"], ["distill"]),
+    "Introspection + SFT": ("introspect+sft", ["run", "--stages", "introspect", "sft", "--", "{recipe}"], ["dpo"]),
+    "Merge": ("merge", ["run", "--stages", "merge", "--", "{recipe}"], ["dpo", "sft"]),
+    "Evaluation": ("eval", ["eval", "run", "--", "{run}"], ["merge"]),
+    "Report card": ("report", ["report", "--", "{run}"], ["eval"]),
+}
+
+
+def stage_button_state(run: str) -> dict[str, tuple[list[str], str | None]]:
+    """label -> (command, why it is disabled or None) for the run's one-click stage buttons."""
+    done = {r["stage"] for r in stage_rows(run) if r["state"] == "done"}
+    busy = busy_reason(run)
+    out = {}
+    for label, (_, words, needs) in STAGE_BUTTONS.items():
+        cmd = [w.format(recipe=recipe_path(run), run=run) for w in words]
+        missing = [s for s in needs if s not in done]
+        out[label] = (cmd, busy or (f"needs {', '.join(missing)} done first" if missing else None))
+    return out
+
+
+def launch_stage(run: str, label: str) -> jobs.Job:
+    cmd, why = stage_button_state(run)[label]
+    if why:
+        raise CharacterError(f"run={run!r}: cannot start {label!r}: {why}")
+    return jobs.launch(run, STAGE_BUTTONS[label][0], cmd)
+
+
+def latest_run_job(run: str) -> jobs.Job | None:
+    return next(iter(jobs.jobs(run)), None)
+
+
 def stage_rows(run: str) -> list[dict]:
     return report.stage_rows(run_dir(run))
 

@@ -18,7 +18,7 @@ from test_report import fixture_run
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-PAGES = ["constitutions", "data", "training", "evaluation", "behaviors", "checkpoints", "chat", "settings"]
+PAGES = ["constitutions", "data", "training", "evaluation", "compare", "behaviors", "checkpoints", "chat", "settings"]
 
 
 @pytest.fixture
@@ -210,3 +210,105 @@ def test_behaviors_page_validates_the_config_live_and_shows_the_records(home, co
     assert any("No score distribution is drawn" in c.value for c in at.caption)
     shown = " ".join(m.value for m in at.markdown)
     assert "why prompted" in shown and "Arr, prompted answer" in shown
+
+
+# -- Training: recipe picker, live YAML validation, estimates, one-click stages; run comparison ------------------
+
+def test_every_shipped_recipe_loads_into_the_training_form_and_validates(home, consts):
+    """Each shipped recipe fills the form; what the page would send is the recipe file, setting for setting
+    (nothing added or hidden behind the form), and it validates."""
+    from studio import state
+    at = page("training")
+    labels = at.selectbox(key="tr_recipe").options
+    shipped = [x for x in labels if x.startswith("shipped: ")]
+    assert shipped[0] == "shipped: pirate-cpu.yaml" and len(shipped) == len(list((ROOT / "configs").glob("*.yaml")))
+    for label in shipped:
+        at.selectbox(key="tr_recipe").select(label).run()
+        assert not at.exception, (label, at.exception)
+        assert not at.error, (label, [e.value for e in at.error])
+        assert any(s.value == "valid recipe" for s in at.success), label
+        sent = yaml.safe_load(next(c.value for c in at.code if c.language == "yaml"))
+        assert sent == state.recipe_data(str(ROOT / "configs" / label.removeprefix("shipped: "))), label
+        assert at.text_input(key=f"tr_name_{labels.index(label)}").value == sent["name"]
+
+
+def test_training_form_changes_and_the_yaml_editor_validates_live(home, consts):
+    at = page("training")
+    at.number_input(key="tr_total_0").set_value(12).run()
+    sent = yaml.safe_load(next(c.value for c in at.code if c.language == "yaml"))
+    assert sent["prompts"]["total"] == 12 and sent["dpo"]["nll"] == 1.0  # the demo's NLL weight, shown and sent
+    at.toggle(key="tr_advanced_0").set_value(True).run()
+    editor = at.text_area(key="tr_yaml_0")
+    assert yaml.safe_load(editor.value)["prompts"]["total"] == 12
+    editor.set_value(editor.value.replace("beta: 0.1", "beta: -1")).run()
+    assert any("dpo.beta" in e.value and "-1" in e.value for e in at.error), [e.value for e in at.error]
+    assert at.button(key="tr_go").disabled and at.button(key="tr_data").disabled
+    at.text_area(key="tr_yaml_0").set_value("name: [unclosed").run()
+    assert any("cannot parse the YAML" in e.value for e in at.error)
+    assert not (home / "recipes").exists()  # nothing saved from a bad recipe
+
+
+def rates_file(home: Path):
+    from character.estimate import Rates, machine, rates_path
+    from character.runs import write_json
+    r = Rates(model="embedded", backend="trl", machine=machine(), measured=time.time(), generate_tps=120.0,
+              score_tps=300.0, train_tps=150.0, load_s=1.0)
+    write_json(rates_path("embedded", "trl"), r.model_dump())
+    return r
+
+
+def test_estimate_shows_before_launch_and_actual_times_after(fx, home):
+    from character.config import load_recipe
+    from character.estimate import estimate
+    at = page("training")
+    assert at.button(key="tr_measure")  # not measured on this machine yet: the page offers to measure
+    assert not [d for d in at.dataframe if "estimate" in d.value.columns]
+    r = rates_file(home)
+    at = page("training")
+    est = frame(at, "estimate")
+    expected = {x["stage"]: x["estimate_s"] for x in estimate(load_recipe(ROOT / "configs" / "pirate-cpu.yaml"), r)}
+    assert list(est["stage"]) == list(expected) and expected["distill"] > 0
+    assert list(est["estimate"])[1] == f"{expected['distill'] // 60}:{expected['distill'] % 60:02d}"
+    # the fixture run "fx": finished stages show their actual seconds beside the estimate
+    (fx / "recipe.yaml").write_text((ROOT / "configs" / "pirate-cpu.yaml").read_text().replace("pirate-cpu", "fx"))
+    at.selectbox(key="tr_watch").select("fx").run()
+    table = frame(at, "actual_s").set_index("stage")
+    assert table.loc["distill", "actual_s"] == 4 and table.loc["distill", "estimate_s"] == expected["distill"]
+    assert table.loc["sft", "state"] == "-" and table.loc["sft", "estimate_s"] > 0
+
+
+def test_stage_buttons_launch_the_single_stage_command_and_wait_for_the_run(fx, home):
+    from character import jobs
+    from character.runs import run_lock
+    at = page("training")
+    at.selectbox(key="tr_watch").select("fx").run()
+    dpo, merge, ev = (at.button(key=f"stage_{x}") for x in ("DPO only", "Merge", "Evaluation"))
+    assert not dpo.disabled  # distillation is done in the fixture
+    assert merge.disabled and "needs sft done first" in merge.help
+    assert ev.disabled and "needs merge done first" in ev.help
+    with run_lock(fx):  # another writer holds the run: every button is off and says why
+        at.run()
+        assert all(at.button(key=f"stage_{x}").disabled and "writing this run" in at.button(key=f"stage_{x}").help
+                   for x in ("DPO only", "Introspection + SFT", "Merge", "Evaluation", "Report card"))
+    at.run()
+    at.button(key="stage_DPO only").click().run()
+    job = jobs.jobs("fx")[0]
+    try:
+        assert job.stage == "dpo" and job.command == ["run", "--stages", "dpo", "--", str(fx / "recipe.yaml")]
+        at.run()
+        assert at.button(key="stage_Introspection + SFT").disabled  # the job now holds the run
+        assert f"job {job.id}" in at.button(key="stage_Introspection + SFT").help
+    finally:
+        jobs.cancel(job.id)
+
+
+def test_compare_page_shows_curves_tables_and_dashboards_per_run(fx, home):
+    fixture_run(home / "runs", "gx", 0.5, 0.02)
+    at = page("compare")
+    assert at.multiselect(key="cmp_runs").value == ["fx", "gx"]
+    charts = [json.loads(c.proto.spec) for c in at.get("plotly_chart")]
+    loss = next(c for c in charts if c["layout"]["title"]["text"] == "DPO loss per step")
+    assert [t["name"] for t in loss["data"]] == ["fx", "gx"]
+    rob = frame(at, "method / attack")
+    assert "0.88 [0.00, 1.00]" in list(rob["fx"]) and "0.50 [0.00, 1.00]" in list(rob["gx"])
+    assert sum(1 for c in charts if c["layout"]["title"]["text"] != "DPO loss per step") >= 4  # dashboards per run

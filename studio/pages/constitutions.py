@@ -93,25 +93,36 @@ with raw:
             st.error(str(e))
 
 with draft:
-    st.caption("A model drafts persona, traits and questions in small structured steps. The embedded 135M model "
-               "is too weak for this; use an OpenAI-compatible model (Settings shows which keys are set).")
+    st.caption("A model drafts persona, traits and questions in small structured steps. Local models (embedded, "
+               "hf/...) decode under the draft's JSON schema, so a draft always comes back; the embedded 135M "
+               "model's drafts are weak (about 2 minutes for 3 traits on 2 cores), so read and edit it, or draft "
+               "with a stronger model (an OpenAI-compatible one; Settings shows which keys are set).")
     description = st.text_area("Describe the persona", key="draft_desc")
-    model = st.text_input("Model", "embedded", key="draft_model")
-    dname = st.text_input("Name", key="draft_name")
+    a, b, c, d = st.columns([2, 2, 1, 1])
+    model = a.text_input("Model", "embedded", key="draft_model")
+    dname = b.text_input("Name", key="draft_name")
+    n_traits = c.number_input("Traits", 3, 20, 3, key="draft_traits")
+    n_questions = d.number_input("Questions per trait", 2, 10, 2, key="draft_questions")
     if st.button("Draft", key="draft_go"):
         try:
             from character.runs import check_slug
             check_slug(dname, "name")
             # free text as --flag=value and after "--": a value starting with "-" is never read as a flag
-            job = state.launch(dname, "draft", ["constitution", f"--model={model}", f"--name={dname}", "--",
+            job = state.launch(dname, "draft", ["constitution", f"--model={model}", f"--name={dname}",
+                                                f"--traits={int(n_traits)}", f"--questions={int(n_questions)}", "--",
                                                 "draft", description])
-            st.info(f"Drafting as job {job.id}; it appears in Browse when done.")
+            st.info(f"Drafting as job {job.id}; it opens in the form when done.")
         except CharacterError as e:
             st.error(str(e))
     j = state.latest_job(dname, "draft") if dname else None
     if j:
         st.write(f"job {j.id}: {j.status}")
         st.code(state.job_log(j, 10) or "(no output yet)", language=None)
+        if j.status == "done" and dname in names:
+            def _open(n=dname):  # a callback runs before the next script run, so the form's picker can be set
+                st.session_state["form_base"] = n
+            st.button("Open the draft in the form", key="draft_open", on_click=_open,
+                      help="Loads it into the 'Create / edit' tab; a stronger model drafts better, so edit freely.")
 
 with compare:
     if len(names) >= 2:

@@ -1,5 +1,10 @@
-"""Training: a form over the recipe, saved as YAML (so the CLI can repeat it), launched as a detached
-job; live stage progress, loss and reward-margin curves, log tail, cancel and resume."""
+"""Training: start from a shipped or saved recipe, change it in a form (or as raw YAML, validated live),
+see the time estimate for this machine, and launch the whole pipeline or the data stages only as a
+detached job. On an existing run: one-click single stages (DPO, introspection + SFT, merge, evaluation,
+report), live stage progress with estimated and actual times, loss and reward-margin curves, log tail,
+cancel and resume."""
+
+import copy
 
 import plotly.graph_objects as go
 import streamlit as st
@@ -13,68 +18,158 @@ if not names:
     st.info("No constitutions yet: write one on the Constitutions page.")
     st.stop()
 
-with st.form("recipe_form"):
-    a, b = st.columns(2)
-    run = a.text_input("Run name", "my-run", help="A folder name under data/runs/.", key="tr_name")
-    constitution = b.selectbox("Constitution", names, index=names.index("pirate") if "pirate" in names else 0,
-                               key="tr_constitution")
-    a, b, c = st.columns(3)
-    teacher = a.text_input("Teacher", "embedded", help="Answers in character; bigger is better.", key="tr_teacher")
-    student = b.text_input("Student", "embedded", help="The model being trained (embedded, hf/<id>, or "
-                           "tinker/<id> with the Tinker backend).", key="tr_student")
-    judge = c.text_input("Judge", "embedded", help="Scores the evaluation; use another family than the teacher.",
-                         key="tr_judge")
-    backend = st.radio("Training backend", ["trl", "tinker", "together"], horizontal=True, key="tr_backend",
-                       help="trl: local (TRL + PEFT). tinker: remote, needs TINKER_API_KEY. together: Together AI "
-                            "fine-tuning jobs, needs TOGETHER_API_KEY (SFT keeps the DPO rank).")
-    a, b, c = st.columns(3)
-    total = a.number_input("Prompts", 4, 100000, 64, help="Distillation prompts in all.", key="tr_total")
-    tokens = b.number_input("Max tokens per answer", 16, 4096, 96, key="tr_tokens")
-    heldout = c.slider("Held-out share", 0.0, 0.5, 0.2, help="Pairs kept out of training for evaluation.",
-                       key="tr_heldout")
-    st.caption("DPO and SFT defaults follow the seeds: DPO rank 32, SFT rank 256, batch at most 16, lr 1e-4 "
-               "(LoRA wants about ten times the full fine-tuning rate).")
-    a, b, c, d = st.columns(4)
-    dpo_rank = a.number_input("DPO LoRA rank", 1, 1024, 32, key="tr_dpo_rank")
-    sft_rank = b.number_input("SFT LoRA rank", 1, 1024, 256, key="tr_sft_rank")
-    batch = c.number_input("Batch size", 1, 16, 4, help="Per device; the seeds advise at most 16.", key="tr_batch")
-    lr = d.number_input("Learning rate", 1e-6, 1e-2, 1e-4, format="%.0e", key="tr_lr")
-    a, b, c, d = st.columns(4)
-    beta = a.number_input("DPO beta", 0.01, 1.0, 0.1, help="How strongly DPO is held to the base model.",
-                          key="tr_beta")
-    epochs = b.number_input("Epochs", 0.1, 10.0, 1.0, key="tr_epochs")
-    reflections = c.number_input("Reflection prompts", 1, 12, 3, key="tr_refl")
-    interactions = d.number_input("Self-interactions", 0, 1000, 2, key="tr_inter")
-    quick = st.checkbox("Quick evaluation (2 prompts, short answers: for trying things out)", key="tr_quick")
-    launch = st.form_submit_button("Save recipe and start training")
+choices = state.recipe_choices()
+pick = st.selectbox("Start from a recipe", list(choices), key="tr_recipe",
+                    help="The shipped recipes (configs/) and the ones you saved. The demo recipe, pirate-cpu, is "
+                         "sized for a 2-core CPU; the GPU, Tinker and Together ones need those.")
+try:
+    base = state.recipe_data(choices[pick])
+except CharacterError as e:
+    st.error(str(e))
+    st.stop()
+v = list(choices).index(pick)  # widget keys follow the picked recipe, so picking another refills the form
 
-if launch:
-    data = {"name": run, "constitution": constitution, "models": {"teacher": teacher, "student": student,
-                                                                   "judge": judge},
-            "prompts": {"total": int(total)},
-            "distill": {"heldout": heldout, "drop_truncated": False,
-                        "sampling": {"max_tokens": int(tokens), "temperature": 0.7, "repetition_penalty": 1.1}},
-            "dpo": {"rank": int(dpo_rank), "alpha": 2 * int(dpo_rank), "lr": lr, "beta": beta, "epochs": epochs,
-                    "batch_size": int(batch), "backend": backend, "nll": 1.0},
-            "introspect": {"reflection_prompts": int(reflections), "samples_per_prompt": 1,
-                           "interactions": int(interactions), "turns": 4,
-                           "sampling": {"max_tokens": int(tokens), "temperature": 0.7}},
-            # on Together, SFT continues the DPO adapter and so keeps its rank
-            "sft": {"rank": int(dpo_rank if backend == "together" else sft_rank),
-                    "alpha": 2 * int(dpo_rank if backend == "together" else sft_rank), "lr": lr, "epochs": epochs,
-                    "batch_size": int(batch), "backend": backend}}
-    if quick:
-        data["eval"] = {"prompts": 2, "max_tokens": 32, "preference_prompts": 2, "conditions": ["feel"],
-                        "rubric_answers": 1, "conversations": 1, "bootstrap_rounds": 50, "calibration_pairs": 4,
-                        "retention_prompts": 4}
+
+ALPHA_HELP = "LoRA scaling is alpha / rank; empty: 2 x rank (Tinker takes none)."
+
+
+def key(name: str) -> str:
+    return f"tr_{name}_{v}"
+
+
+d = copy.deepcopy(base)
+a, b = st.columns(2)
+d["name"] = a.text_input("Run name", base["name"], help="A folder name under data/runs/.", key=key("name"))
+d["constitution"] = b.selectbox("Constitution", names, key=key("constitution"),
+                                index=names.index(base["constitution"]) if base["constitution"] in names else 0)
+a, b, c = st.columns(3)
+m = d["models"]
+m["teacher"] = a.text_input("Teacher", m["teacher"], help="Answers in character; bigger is better.", key=key("teacher"))
+m["student"] = b.text_input("Student", m["student"], key=key("student"),
+                           help="The model being trained (embedded, hf/<id>, or tinker/<id> with Tinker).")
+m["judge"] = c.text_input("Judge", m["judge"], help="Scores the evaluation; another family than the teacher's.",
+                          key=key("judge"))
+backends = ["trl", "tinker", "together"]
+backend = st.radio("Training backend", backends, horizontal=True, key=key("backend"),
+                   index=backends.index(d["dpo"]["backend"]) if d["dpo"]["backend"] in backends else 0,
+                   help="trl: local (TRL + PEFT). tinker: remote, needs TINKER_API_KEY. together: Together AI "
+                        "fine-tuning jobs, needs TOGETHER_API_KEY (SFT continues the DPO adapter, so keeps its rank).")
+d["dpo"]["backend"] = d["sft"]["backend"] = backend
+
+st.subheader("Data", divider="gray")
+a, b, c = st.columns(3)
+d["prompts"]["total"] = int(a.number_input("Prompts", 4, 100000, d["prompts"]["total"], key=key("total"),
+                                           help="Distillation prompts in all."))
+d["distill"]["sampling"]["max_tokens"] = int(b.number_input(
+    "Max tokens per answer", 8, 8192, d["distill"]["sampling"]["max_tokens"], key=key("tokens"),
+    help="Distillation answers (teacher and student)."))
+d["distill"]["heldout"] = c.slider("Held-out share", 0.0, 0.5, float(d["distill"]["heldout"]), key=key("heldout"),
+                                   help="Pairs kept out of training for the evaluation.")
+a, b = st.columns(2)
+d["distill"]["drop_truncated"] = not a.checkbox("Keep answers cut off at the token limit",
+                                                not d["distill"]["drop_truncated"], key=key("keep_cut"),
+                                                help="Small models' answers run long; dropping cut ones can leave few.")
+d["distill"]["persona_filter"] = b.checkbox("Drop pairs whose teacher answer is not more in character",
+                                            d["distill"]["persona_filter"], key=key("persona_filter"))
+
+st.subheader("DPO", divider="gray")
+cols = st.columns(7)
+p = d["dpo"]
+p["rank"] = int(cols[0].number_input("DPO LoRA rank", 1, 1024, p["rank"], key=key("dpo_rank")))
+p["alpha"] = cols[1].number_input("DPO LoRA alpha", 1, 4096, p["alpha"], key=key("dpo_alpha"), help=ALPHA_HELP)
+p["lr"] = cols[2].number_input("DPO learning rate", 1e-6, 1e-2, float(p["lr"]), format="%.0e", key=key("dpo_lr"))
+p["beta"] = cols[3].number_input("DPO beta", 0.01, 1.0, float(p["beta"]), key=key("beta"),
+                                 help="How strongly DPO is held to the base model.")
+p["nll"] = cols[4].number_input("NLL weight", 0.0, 10.0, float(p["nll"]), key=key("nll"),
+                                help="RPO: an NLL term on the chosen answers beside the DPO loss.")
+p["epochs"] = cols[5].number_input("DPO epochs", 0.1, 10.0, float(p["epochs"]), key=key("dpo_epochs"))
+p["batch_size"] = int(cols[6].number_input("DPO batch", 1, 1024, p["batch_size"], key=key("dpo_batch"),
+                                           help="Per device on TRL; the seeds advise at most 16."))
+
+st.subheader("Introspection and SFT", divider="gray")
+i = d["introspect"]
+cols = st.columns(5)
+i["reflection_prompts"] = int(cols[0].number_input("Reflection prompts", 1, 12, i["reflection_prompts"],
+                                                   key=key("refl")))
+i["samples_per_prompt"] = int(cols[1].number_input("Samples per reflection prompt", 1, 100000,
+                                                   i["samples_per_prompt"], key=key("samples")))
+i["interactions"] = int(cols[2].number_input("Self-interactions", 0, 100000, i["interactions"], key=key("inter")))
+i["turns"] = int(cols[3].number_input("Turns per self-interaction", 2, 50, i["turns"], key=key("turns")))
+i["sampling"]["max_tokens"] = int(cols[4].number_input("Introspection max tokens", 8, 8192,
+                                                       i["sampling"]["max_tokens"], key=key("itokens")))
+cols = st.columns(5)
+s = d["sft"]
+s["rank"] = int(cols[0].number_input("SFT LoRA rank", 1, 1024, s["rank"], key=key("sft_rank")))
+s["alpha"] = cols[1].number_input("SFT LoRA alpha", 1, 4096, s["alpha"], key=key("sft_alpha"), help=ALPHA_HELP)
+s["lr"] = cols[2].number_input("SFT learning rate", 1e-6, 1e-2, float(s["lr"]), format="%.0e", key=key("sft_lr"))
+s["epochs"] = cols[3].number_input("SFT epochs", 0.1, 10.0, float(s["epochs"]), key=key("sft_epochs"))
+s["batch_size"] = int(cols[4].number_input("SFT batch", 1, 1024, s["batch_size"], key=key("sft_batch")))
+if backend == "together":  # on Together, SFT continues the DPO adapter and so keeps its rank
+    s["rank"], s["alpha"] = p["rank"], p["alpha"]
+    st.caption("Together: SFT continues the DPO adapter, so it keeps the DPO rank and alpha.")
+if st.checkbox("Quick evaluation (2 prompts, short answers: for trying things out)", key=key("quick")):
+    d["eval"].update({"prompts": 2, "max_tokens": 32, "preference_prompts": 2, "conditions": ["feel"],
+                      "rubric_answers": 1, "conversations": 1, "bootstrap_rounds": 50, "calibration_pairs": 4,
+                      "retention_prompts": 4, "finetuned_classifier": False})
+
+st.subheader("The recipe", divider="gray")
+advanced = st.toggle("Edit the YAML directly (advanced)", key=key("advanced"),
+                     help="Every setting, including those the form does not show (prompt mix, sampling, merge "
+                          "weights, evaluation sizes). The form's values are the starting text.")
+if advanced:
+    text = st.text_area("Recipe (YAML)", state.recipe_yaml(d), height=420, key=key("yaml"),
+                        help="Validated as you apply changes (Ctrl+Enter).")
+    data, problems = state.parse_recipe_yaml(text)
+else:
+    with st.expander("Everything this recipe sends (YAML)"):
+        st.code(state.recipe_yaml(d), language="yaml")
+    data, problems = d, state.recipe_problems(d)
+for problem in problems:
+    st.error(problem)
+if not problems:
+    st.success("valid recipe")
+
+st.markdown("**Time estimate on this machine**")
+if not problems:
+    est = state.estimate_rows(data)
+    if est is None:
+        student = data["models"]["student"]
+        st.caption(f"This machine's speed with {student} is not measured yet: one measurement (about a minute) "
+                   "is kept and used for every estimate.")
+        mjob = state.latest_job(state.measure_job_key(student), "measure")
+        if mjob and mjob.active:
+            st.info(f"Measuring as job {mjob.id} ...")
+        elif st.button("Measure this machine's speed", key="tr_measure"):
+            try:
+                st.info(f"Measuring as job {state.launch_measure(student).id}; the estimate shows when it is done.")
+            except CharacterError as e:
+                st.error(str(e))
+    else:
+        known = [r["estimate_s"] for r in est if r["estimate_s"] is not None and r["stage"] != "eval"]
+        st.dataframe([{"stage": r["stage"], "estimate": "-" if r["estimate_s"] is None else
+                       f"{r['estimate_s'] // 60}:{r['estimate_s'] % 60:02d}", "from": r["basis"]} for r in est],
+                     hide_index=True, key="tr_estimate")
+        st.caption(f"Pipeline (prompts to merge): about {sum(known) // 60} min {sum(known) % 60} s; evaluation is "
+                   "launched on its own. Estimates come from this machine's measured rates and the recipe's sizes; "
+                   "on the demo recipe they were within about 30% per stage (benchmarks/RESULTS.md).")
+
+busy = state.busy_reason(data["name"]) if not problems and data["name"] in state.run_names() else None
+a, b = st.columns(2)
+whole = a.button("Save recipe and start training", key="tr_go", type="primary", disabled=bool(problems or busy),
+                 help=busy or "Every stage from prompts to merge, as `character run <recipe>`.")
+data_only = b.button("Save recipe and prepare data only", key="tr_data", disabled=bool(problems or busy),
+                     help=busy or "Prompts and distillation only, to inspect the pairs (Data preview page) "
+                                  "before training.")
+if busy:
+    st.caption(f"Launching is off while {busy}.")
+if whole or data_only:
     try:
-        busy = state.busy_reason(run) if run in state.run_names() else None
-        if busy:
-            raise CharacterError(f"run={run!r}: {busy}; pick another run name or wait")
         path = state.save_recipe_data(data)
-        job = state.launch(run, "train", ["run", "--", path])
-        st.session_state["tr_launched"] = run
-        st.success(f"Recipe saved to {path} (repeat with `character run {path}`); job {job.id} started.")
+        stages = ["--stages", "prompts", "distill"] if data_only else []
+        job = state.launch(data["name"], "data" if data_only else "train", ["run", *stages, "--", path])
+        st.session_state["tr_launched"] = data["name"]
+        st.success(f"Recipe saved to {path} (repeat with `character run {' '.join(stages + [path])}`); "
+                   f"job {job.id} started.")
     except CharacterError as e:
         st.error(str(e))
 
@@ -84,16 +179,32 @@ if launched and launched not in runs:  # its folder appears a moment after the j
     runs.append(launched)
 if runs:
     st.divider()
-    current = st.selectbox("Run", runs, index=runs.index(launched or run) if (launched or run) in runs else 0,
-                           key="tr_watch")
+    st.subheader("Runs")
+    current = st.selectbox("Run", runs, key="tr_watch",
+                           index=runs.index(launched or data["name"]) if (launched or data["name"]) in runs else 0)
+    buttons = state.stage_button_state(current) if current in state.run_names() else {}
+    cols = st.columns(len(state.STAGE_BUTTONS))
+    for col, (label, (cmd, why)) in zip(cols, buttons.items()):
+        if col.button(label, key=f"stage_{label}", disabled=why is not None,
+                      help=why or f"character {' '.join(cmd)}"):
+            try:
+                job = state.launch_stage(current, label)
+                st.info(f"{label}: job {job.id} started (`character {' '.join(cmd)}`).")
+            except CharacterError as e:
+                st.error(str(e))
+    if buttons and (held := state.busy_reason(current)):
+        st.caption(f"Stage buttons are off while {held}.")
 
     @st.fragment(run_every=3)
     def progress():
-        job = state.latest_job(current, "train")
-        st.dataframe(state.stage_rows(current), hide_index=True, key="stage_table")
+        job = state.latest_run_job(current)
+        st.dataframe([{**r, "estimate_s": r.get("estimate_s"), "actual_s": r.get("actual_s")}
+                      for r in state.run_estimate_rows(current)], hide_index=True, key="stage_table",
+                     column_config={"estimate_s": st.column_config.NumberColumn("estimate (s)"),
+                                    "actual_s": st.column_config.NumberColumn("actual (s)")})
         if job:
             a, b, c = st.columns([2, 1, 1])
-            a.write(f"job {job.id}: **{job.status}**")
+            a.write(f"job {job.id} ({job.stage}): **{job.status}**")
             if job.active and b.button("Cancel", key=f"cancel_{job.id}"):
                 state.cancel(job.id)
             busy = None if job.active else state.busy_reason(current)
