@@ -200,13 +200,13 @@ def cmd_stage(args) -> int:
 
 def cmd_estimate(args) -> int:
     from .config import load_recipe
-    from .estimate import cached_rates, estimate, measure
+    from .estimate import LOCAL_BACKENDS, cached_rates, estimate, measure
     if not args.recipe:  # only measure (and cache) a model's rates
         measure(args.model, "trl")
         return 0
     cfg = load_recipe(args.recipe, args.set)
     rates = cached_rates(cfg.models.student, cfg.dpo.backend)
-    if args.measure or rates is None:
+    if cfg.dpo.backend in LOCAL_BACKENDS and (args.measure or rates is None):
         rates = measure(cfg.models.student, cfg.dpo.backend)
     rows = estimate(cfg, rates)
     for r in rows:

@@ -303,7 +303,9 @@ class TraitsDraft(BaseModel):
         "traits": ["I answer with dry humour.", "I notice small details others miss."]}]})
     # minItems goes into the JSON schema, so schema-guided servers enforce it. The item pattern is enforced
     # only by local constrained decoding (structured.local_schema); llama.cpp falls back to unguided JSON on one.
-    patterns: ClassVar[dict[str, str]] = {"traits": r"I( [A-Za-z',-]+){3,16}\."}
+    # Words are bounded (20 characters): unbounded, the embedded model once ran a question into a 400-token
+    # CamelCase "word" and every retry did the same (see the studio browser test's baker).
+    patterns: ClassVar[dict[str, str]] = {"traits": r"I( [A-Za-z',-]{1,20}){3,16}\."}
     traits: list[str] = Field(min_length=3, description="first-person trait statements, each starting with 'I '")
 
     @field_validator("traits", mode="before")
@@ -326,7 +328,7 @@ class TraitsDraft(BaseModel):
 class QuestionsDraft(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{
         "questions": ["Can you help me plan my week?", "What do you think of modern art?"]}]})
-    patterns: ClassVar[dict[str, str]] = {"questions": r"[A-Z][A-Za-z',-]*( [A-Za-z0-9',-]+){2,24}[?.!]"}
+    patterns: ClassVar[dict[str, str]] = {"questions": r"[A-Z][A-Za-z',-]{0,19}( [A-Za-z0-9',-]{1,20}){2,24}[?.!]"}
     questions: list[str] = Field(min_length=2, description="realistic messages a user might send")
 
     @field_validator("questions", mode="before")

@@ -63,7 +63,7 @@ def cached_rates(model: str, backend: str) -> Rates | None:
 
 
 def measure(model: str, backend: str = "trl", progress: bool = True) -> Rates:
-    """Measure and cache the rates (about half a minute for the embedded model on 2 cores)."""
+    """Measure and cache the rates (under a minute for the embedded model on 2 cores)."""
     if backend not in LOCAL_BACKENDS or not (model == "embedded" or model.startswith("hf/")):
         raise CharacterError(f"model={model!r} backend={backend!r}: only local models on the trl backend are "
                              "measured (a remote provider's speed is its own)")
@@ -151,6 +151,9 @@ def stage_work(cfg) -> dict[str, dict[str, float]]:
 
 def estimate(cfg, rates: Rates | None = None) -> list[dict]:
     """Seconds per stage for a recipe: rows of stage, seconds (None when not estimated) and what it rests on."""
+    if cfg.dpo.backend not in LOCAL_BACKENDS:
+        return [{"stage": s, "estimate_s": None, "basis": f"{cfg.dpo.backend}: remote, not estimated"}
+                for s in stage_work(cfg)]
     rates = rates or cached_rates(cfg.models.student, cfg.dpo.backend)
     if rates is None:
         return [{"stage": s, "estimate_s": None, "basis": "not measured on this machine"} for s in stage_work(cfg)]
@@ -159,6 +162,11 @@ def estimate(cfg, rates: Rates | None = None) -> list[dict]:
         backend = {"dpo": cfg.dpo.backend, "sft": cfg.sft.backend}.get(stage, "trl")
         if backend not in LOCAL_BACKENDS:
             rows.append({"stage": stage, "estimate_s": None, "basis": f"{backend}: remote, not estimated"})
+            continue
+        other = {"distill": ("teacher", cfg.models.teacher), "eval": ("judge", cfg.models.judge)}.get(stage)
+        if other and other[1] != cfg.models.student:  # only the student's speed is measured
+            rows.append({"stage": stage, "estimate_s": None,
+                         "basis": f"the {other[0]} ({other[1]}) is not the measured student: not estimated"})
             continue
         seconds = (work.get("generate", 0) / rates.generate_tps + work.get("score", 0) / rates.score_tps
                    + work.get("train", 0) / rates.train_tps)

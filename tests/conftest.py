@@ -128,7 +128,9 @@ class Scripted:
         self._completion = Completion
         self.answers = list(answers)
         self.calls = []
+        self.params = []
 
     def generate(self, conversations, params, json_schema=None):
         self.calls.append((conversations, json_schema))
+        self.params.append(params)
         return [[self._completion(text=self.answers.pop(0))] for _ in conversations]

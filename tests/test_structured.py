@@ -47,6 +47,22 @@ def test_failures_are_recorded_not_dropped():
         generate_structured(Scripted(["x", "y"]), convo(), Verdict, retries=1)
 
 
+def test_a_reask_draws_with_another_seed_and_draft_patterns_bound_each_word():
+    import re
+    from character.constitution import QuestionsDraft, TraitsDraft
+    from character.inference.structured import local_schema
+    from character.types import SamplingParams
+    b = Scripted(["nope", '{"winner": "a", "score": 1}'])
+    generate_structured(b, convo(), Verdict, SamplingParams(seed=7))
+    assert [p.seed for p in b.params] == [7, 1007]
+    item = local_schema(QuestionsDraft)["properties"]["questions"]["items"]["pattern"]
+    assert re.fullmatch(item, "How did you make your pizza?")
+    assert not re.fullmatch(item, "How did ResponseFormatTypeCodeListException go?")  # a runaway "word"
+    trait = local_schema(TraitsDraft)["properties"]["traits"]["items"]["pattern"]
+    assert re.fullmatch(trait, "I notice small details.") and not re.fullmatch(trait, "I am.")
+    assert "pattern" not in str(TraitsDraft.model_json_schema())  # servers get the plain schema
+
+
 @pytest.mark.parametrize("spec", ["", "gpt-4", "foo/bar", "openai/", "hf"])
 def test_bad_specs(spec):
     with pytest.raises(ModelSpecError, match="model="):

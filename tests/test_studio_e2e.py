@@ -16,6 +16,7 @@ import urllib.request
 from pathlib import Path
 
 import pytest
+import yaml
 
 from conftest import ROOT, free_port
 
@@ -83,6 +84,12 @@ def test_the_studio_end_to_end_in_a_browser(studio, tmp_path):
 
         # 1. Constitutions: a bad name shows the library's message and writes nothing; then a good one saves
         pg.goto(url)
+        # the sidebar's icons are Material Symbols from Streamlit's own font (no emoji font on the machine): one
+        # per page, and the font is loaded, so none renders as an empty box
+        icons = pg.locator('[data-testid="stSidebarNav"] [data-testid="stIconMaterial"]')
+        wait_for(lambda: icons.count() == 9, 30, "the sidebar's nine page icons")
+        assert pg.evaluate("document.fonts.ready.then(() => [...document.fonts].some(f => "
+                           "f.family.includes('Material Symbols') && f.status === 'loaded'))")
         shot("constitutions")
         pg.get_by_role("tab", name="Create / edit").click()
         field("Traits").fill("1")
@@ -101,6 +108,21 @@ def test_the_studio_end_to_end_in_a_browser(studio, tmp_path):
         assert "rhyming couplets" in (consts / "aaa-bard.yaml").read_text()
         shot("constitution-form")
 
+        # 1b. Draft with the embedded model (constrained decoding: a draft always comes back), open it in the form
+        pg.get_by_role("tab", name="Draft with an LLM").click()
+        field("Describe the persona").fill("a cheerful baker who talks about bread")
+        pg.get_by_label("Name", exact=True).first.fill("drafted")
+        pg.get_by_role("button", name="Draft", exact=True).click()
+        wait_for(lambda: (consts / "drafted.yaml").exists(), 600, "the draft")
+        pg.reload()
+        pg.get_by_role("tab", name="Draft with an LLM").click()
+        pg.get_by_label("Name", exact=True).first.fill("drafted")
+        pg.get_by_label("Name", exact=True).first.press("Enter")
+        pg.get_by_role("button", name="Open the draft in the form").click()
+        pg.get_by_role("tab", name="Create / edit").click()
+        wait_for(lambda: field("Name (lowercase letters, digits, - or _)").input_value() == "drafted", 30,
+                 "the draft in the form")
+
         # 2. Data preview on the new constitution (first in the list)
         pg.goto(url + "/data")
         field("Max tokens per answer").fill("24")
@@ -110,31 +132,44 @@ def test_the_studio_end_to_end_in_a_browser(studio, tmp_path):
         assert len((home / "previews" / "aaa-bard.jsonl").read_text().splitlines()) >= 1
         shot("data-preview")
 
-        # 3. Training: a tiny run on the embedded model
+        # 3. Training, step by step: start from the demo recipe with smaller sizes, measure this machine's speed
+        # for the estimate, prepare the data only, then DPO only, introspection + SFT, merge, evaluation, report
         pg.goto(url + "/training")
         field("Run name").fill("e2e")
-        field("Prompts").fill("8")
-        field("Max tokens per answer").fill("24")
-        field("DPO LoRA rank").fill("8")
-        field("SFT LoRA rank").fill("8")
-        field("Reflection prompts").fill("1")
-        field("Self-interactions").fill("1")
+        for label, value in (("Prompts", "8"), ("Max tokens per answer", "24"), ("DPO LoRA rank", "8"),
+                             ("SFT LoRA rank", "8"), ("Reflection prompts", "1"),
+                             ("Samples per reflection prompt", "1"), ("Self-interactions", "1"),
+                             ("Introspection max tokens", "24")):
+            field(label).fill(value)
+            field(label).press("Enter")
         pg.get_by_text("Quick evaluation").click()
-        pg.get_by_role("button", name="Save recipe and start training").click()
+        pg.get_by_role("button", name="Measure this machine's speed").click()
+        wait_for(lambda: (home / "rates" / "embedded-trl.json").exists(), 300, "the speed measurement")
+        pg.get_by_text("Pipeline (prompts to merge): about").wait_for(timeout=60_000)  # the estimate, before launch
+        pg.get_by_role("button", name="Save recipe and prepare data only").click()
         pg.get_by_text("Recipe saved").wait_for(timeout=30_000)
-        assert (home / "recipes" / "e2e.yaml").exists()
+        assert yaml.safe_load((home / "recipes" / "e2e.yaml").read_text())["prompts"]["total"] == 8
         rdir = home / "runs" / "e2e"
-        wait_for(lambda: done(rdir / "merge" / "status.json"), 1200, "the tiny run to finish")
+        wait_for(lambda: done(rdir / "distill" / "status.json"), 600, "data only")
+        assert not (rdir / "dpo").exists()
+        shot("training-recipe")
+        for button, marker in (("DPO only", rdir / "dpo" / "status.json"),
+                               ("Introspection + SFT", rdir / "sft" / "status.json"),
+                               ("Merge", rdir / "merge" / "status.json"),
+                               ("Evaluation", rdir / "eval" / "status.json")):
+            stage = pg.get_by_role("button", name=button, exact=True)
+            wait_for(lambda: stage.is_enabled(), 60, f"the {button} button")  # the last job let go of the run
+            stage.click()
+            wait_for(lambda: done(marker), 1200, button)
         pg.get_by_text("DPO: loss and reward margin per step").wait_for(timeout=60_000)
         shot("training")
-
-        # 4. Evaluation and the report card
-        pg.goto(url + "/evaluation")
-        pg.get_by_role("button", name="Run evaluation").click()
-        wait_for(lambda: done(rdir / "eval" / "status.json"), 1200, "the evaluation")
-        pg.get_by_role("button", name="Write the report card").click()
+        report = pg.get_by_role("button", name="Report card", exact=True)
+        wait_for(lambda: report.is_enabled(), 60, "the report button")
+        report.click()
         wait_for(lambda: (rdir / "report.html").exists(), 300, "the report card")
-        pg.reload()
+
+        # 4. Evaluation page: the report card and the judges' calibration
+        pg.goto(url + "/evaluation")
         pg.get_by_role("tab", name="Report card").click()
         pg.get_by_text("Robustness: share of answers called in character").first.wait_for(timeout=60_000)
         shot("evaluation")
@@ -143,6 +178,23 @@ def test_the_studio_end_to_end_in_a_browser(studio, tmp_path):
         pg.get_by_text("character: ").first.wait_for(timeout=60_000)
         assert pg.get_by_text("known pairs").count() >= 1
         shot("evaluation-judges")
+
+        # 4b. A second run with the whole-pipeline button (another DPO learning rate), then compare the two
+        pg.goto(url + "/training")
+        field("Run name").fill("e2e-b")
+        for label, value in (("Prompts", "8"), ("Max tokens per answer", "24"), ("DPO LoRA rank", "8"),
+                             ("SFT LoRA rank", "8"), ("Reflection prompts", "1"),
+                             ("Samples per reflection prompt", "1"), ("Self-interactions", "1"),
+                             ("Introspection max tokens", "24"), ("DPO learning rate", "5e-04")):
+            field(label).fill(value)
+            field(label).press("Enter")
+        pg.get_by_role("button", name="Save recipe and start training").click()
+        pg.get_by_text("Recipe saved").wait_for(timeout=30_000)
+        wait_for(lambda: done(home / "runs" / "e2e-b" / "merge" / "status.json"), 1200, "the second run")
+        pg.goto(url + "/compare")
+        pg.get_by_text("DPO loss per step").first.wait_for(timeout=60_000)
+        pg.get_by_text("Robustness: share of answers called in character").first.wait_for(timeout=60_000)
+        shot("compare")
 
         # 5. Checkpoints and settings
         pg.goto(url + "/checkpoints")

@@ -62,7 +62,7 @@ def schema_instruction(schema: type[BaseModel], example: bool = True) -> str:
 def local_schema(schema: type[BaseModel]) -> dict:
     """The JSON schema a local constrained decoder enforces: the model's schema plus the string patterns it
     names in a `patterns` class variable (field -> regex; for a list field, each item), so the decoder also
-    keeps the form the validators check (a trait starts with 'I ' and has four words or more). Servers get the
+    keeps the form the validators check (a trait is 'I' and three more words). Servers get the
     plain schema: llama.cpp, for one, falls back to unguided JSON on a `pattern`."""
     js = schema.model_json_schema()
     for name, regex in getattr(schema, "patterns", {}).items():
@@ -102,12 +102,14 @@ def generate_structured_batch(backend: Backend, conversations: list[Conversation
     last_raw: dict[int, str] = {}
     last_err: dict[int, str] = {}
     json_schema = local_schema(schema) if constrained else schema.model_json_schema()
-    for _ in range(retries + 1):
+    for attempt in range(retries + 1):
         if not pending:
             break
         batch = [convs[i] + ([Message(role="assistant", content=use_prefill)] if use_prefill else [])
                  for i in pending]
-        outs = backend.generate(batch, params, json_schema=json_schema)
+        # a re-ask draws afresh (the same seed tends to walk back into the same bad answer)
+        tries = params if params.seed is None else params.model_copy(update={"seed": params.seed + 1000 * attempt})
+        outs = backend.generate(batch, tries, json_schema=json_schema)
         still = []
         for i, out in zip(pending, outs):
             raw = use_prefill + out[0].text

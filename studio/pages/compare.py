@@ -34,7 +34,7 @@ for col, (kind, metric) in zip(cols, (("dpo", "loss"), ("dpo", "rewards/margins"
 
 st.subheader("Report card", divider="gray")
 tables = state.report_tables(picked)
-if not tables:
+if len(tables) == 1:  # only the "Runs" table (training figures): no run has evaluation sections yet
     st.caption("None of these runs has an evaluation yet (Evaluation page, or the Evaluation button on Training).")
 for title, header, rows in tables:
     st.markdown(f"**{title}**")

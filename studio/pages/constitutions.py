@@ -38,31 +38,47 @@ with browse:
                 st.caption("Teacher system prompt")
                 st.code(state.system_prompt(c), language=None)
 
+def fill_form(name: str | None = None) -> None:
+    """Put a constitution's values (or empty ones) into the form's widgets through session state: the browser
+    shows values set this way, while a keyed widget whose default alone changes keeps what it showed."""
+    c = state.load_constitution(name) if name and name != "(empty)" else None
+    ss = st.session_state
+    ss["f_name"], ss["f_desc"], ss["f_sys"] = (c.name, c.description, c.system_prompt) if c else ("", "", "")
+    ss["form_n"] = len(c.traits) if c else 3
+    for i in range(20):
+        t = c.traits[i] if c and i < len(c.traits) else None
+        ss[f"f_t{i}"], ss[f"f_c{i}"] = (t.trait, t.clarification) if t else ("", "")
+        ss[f"f_q{i}"] = "\n".join(t.questions) if t else ""
+    for k, attr in (("f_dir", "directives"), ("f_safe", "safety"), ("f_sign", "signoffs")):
+        ss[k] = "\n".join(getattr(c, attr)) if c else ""
+    ss["f_examples_rows"] = [e.model_dump() for e in c.examples] if c and c.examples else [{"user": "", "assistant": ""}]
+    ss["f_gen"] = ss.get("f_gen", 0) + 1  # a new key for the examples table (its edits live under its key)
+
+
 with form:
-    base_name = st.selectbox("Start from", ["(empty)", *names], key="form_base")
-    c0 = state.load_constitution(base_name) if base_name != "(empty)" else None
-    n = st.number_input("Traits", 1, 20, len(c0.traits) if c0 else 3, key="form_n")
+    if "f_name" not in st.session_state:
+        fill_form(st.session_state.get("form_base"))
+    st.selectbox("Start from", ["(empty)", *names], key="form_base",
+                 on_change=lambda: fill_form(st.session_state["form_base"]))
+    n = st.number_input("Traits", 1, 20, key="form_n")
     with st.form("constitution_form"):
-        name = st.text_input("Name (lowercase letters, digits, - or _)", c0.name if c0 else "", key="f_name")
-        desc = st.text_area("Description", c0.description if c0 else "", key="f_desc", height=68)
-        sysp = st.text_area("System prompt (second person)", c0.system_prompt if c0 else "", key="f_sys", height=68)
+        name = st.text_input("Name (lowercase letters, digits, - or _)", key="f_name")
+        desc = st.text_area("Description", key="f_desc", height=68)
+        sysp = st.text_area("System prompt (second person)", key="f_sys", height=68)
         traits = []
         for i in range(int(n)):
-            t0 = c0.traits[i] if c0 and i < len(c0.traits) else None
             a, b = st.columns(2)
-            traits.append((a.text_input(f"Trait {i + 1} (first person: I ...)", t0.trait if t0 else "", key=f"f_t{i}"),
-                           a.text_input(f"Clarification of trait {i + 1} (optional)", t0.clarification if t0 else "",
-                                        key=f"f_c{i}"),
-                           b.text_area(f"Questions for trait {i + 1} (one per line)",
-                                       "\n".join(t0.questions) if t0 else "", key=f"f_q{i}", height=68)))
-        directives = st.text_area("Directives (one per line)", "\n".join(c0.directives) if c0 else "", key="f_dir")
-        safety = st.text_area("Safety rules (one per line)", "\n".join(c0.safety) if c0 else "", key="f_safe")
-        signoffs = st.text_area("Sign-offs (one per line)", "\n".join(c0.signoffs) if c0 else "", key="f_sign")
+            traits.append((a.text_input(f"Trait {i + 1} (first person: I ...)", key=f"f_t{i}"),
+                           a.text_input(f"Clarification of trait {i + 1} (optional)", key=f"f_c{i}"),
+                           b.text_area(f"Questions for trait {i + 1} (one per line)", key=f"f_q{i}", height=68)))
+        directives = st.text_area("Directives (one per line)", key="f_dir")
+        safety = st.text_area("Safety rules (one per line)", key="f_safe")
+        signoffs = st.text_area("Sign-offs (one per line)", key="f_sign")
         st.caption("Voice examples: a few short exchanges in the persona's voice. The distillation teacher sees "
                    "them as earlier turns, which moves a small teacher more than the description does.")
-        examples = st.data_editor([e.model_dump() for e in c0.examples] if c0 and c0.examples
-                                  else [{"user": "", "assistant": ""}],
-                                  num_rows="dynamic", key="f_examples", use_container_width=True,
+        examples = st.data_editor(st.session_state["f_examples_rows"],
+                                  num_rows="dynamic", key=f"f_examples_{st.session_state['f_gen']}",
+                                  use_container_width=True,
                                   column_config={"user": st.column_config.TextColumn("User says"),
                                                  "assistant": st.column_config.TextColumn("The persona replies",
                                                                                           width="large")})
@@ -101,7 +117,7 @@ with draft:
     a, b, c, d = st.columns([2, 2, 1, 1])
     model = a.text_input("Model", "embedded", key="draft_model")
     dname = b.text_input("Name", key="draft_name")
-    n_traits = c.number_input("Traits", 3, 20, 3, key="draft_traits")
+    n_traits = c.number_input("Traits to draft", 3, 20, 3, key="draft_traits")
     n_questions = d.number_input("Questions per trait", 2, 10, 2, key="draft_questions")
     if st.button("Draft", key="draft_go"):
         try:
@@ -121,6 +137,7 @@ with draft:
         if j.status == "done" and dname in names:
             def _open(n=dname):  # a callback runs before the next script run, so the form's picker can be set
                 st.session_state["form_base"] = n
+                fill_form(n)
             st.button("Open the draft in the form", key="draft_open", on_click=_open,
                       help="Loads it into the 'Create / edit' tab; a stronger model drafts better, so edit freely.")
 

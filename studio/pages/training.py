@@ -19,6 +19,9 @@ if not names:
     st.stop()
 
 choices = state.recipe_choices()
+if not choices:
+    st.info("No recipes found: neither configs/*.yaml beside the studio nor saved ones in CHARACTER_HOME/recipes/.")
+    st.stop()
 pick = st.selectbox("Start from a recipe", list(choices), key="tr_recipe",
                     help="The shipped recipes (configs/) and the ones you saved. The demo recipe, pirate-cpu, is "
                          "sized for a 2-core CPU; the GPU, Tinker and Together ones need those.")
@@ -27,7 +30,7 @@ try:
 except CharacterError as e:
     st.error(str(e))
     st.stop()
-v = list(choices).index(pick)  # widget keys follow the picked recipe, so picking another refills the form
+v = pick  # widget keys follow the picked recipe (by its label), so picking another refills the form
 
 
 ALPHA_HELP = "LoRA scaling is alpha / rank; empty: 2 x rank (Tinker takes none)."
@@ -35,6 +38,27 @@ ALPHA_HELP = "LoRA scaling is alpha / rank; empty: 2 x rank (Tinker takes none).
 
 def key(name: str) -> str:
     return f"tr_{name}_{v}"
+
+
+def fit(label: str, value, lo, hi):
+    """The recipe's value, brought into the form's range with a note (a recipe saved from the YAML editor can
+    hold values the form's inputs do not offer; the editor keeps them)."""
+    if value is None:  # e.g. an alpha left empty (2 x rank)
+        return None
+    kept = min(max(value, lo), hi)
+    if kept != value:
+        st.warning(f"{label}: the recipe's {value} is outside this form's range, so the form shows {kept}; "
+                   "use the YAML editor below to keep the recipe's value.")
+    return type(value)(kept) if isinstance(value, (int, float)) else kept
+
+
+def num(col, label: str, lo, hi, value, **kw):
+    """A number input for a recipe value, shown within the input's range (see fit)."""
+    return col.number_input(label, lo, hi, fit(label, value, lo, hi), **kw)
+
+
+def slide(col, label: str, lo, hi, value, **kw):
+    return col.slider(label, lo, hi, fit(label, value, lo, hi), **kw)
 
 
 d = copy.deepcopy(base)
@@ -58,13 +82,13 @@ d["dpo"]["backend"] = d["sft"]["backend"] = backend
 
 st.subheader("Data", divider="gray")
 a, b, c = st.columns(3)
-d["prompts"]["total"] = int(a.number_input("Prompts", 4, 100000, d["prompts"]["total"], key=key("total"),
-                                           help="Distillation prompts in all."))
-d["distill"]["sampling"]["max_tokens"] = int(b.number_input(
-    "Max tokens per answer", 8, 8192, d["distill"]["sampling"]["max_tokens"], key=key("tokens"),
-    help="Distillation answers (teacher and student)."))
-d["distill"]["heldout"] = c.slider("Held-out share", 0.0, 0.5, float(d["distill"]["heldout"]), key=key("heldout"),
-                                   help="Pairs kept out of training for the evaluation.")
+d["prompts"]["total"] = int(num(a, "Prompts", 4, 100000, d["prompts"]["total"], key=key("total"),
+                                help="Distillation prompts in all."))
+d["distill"]["sampling"]["max_tokens"] = int(num(b, "Max tokens per answer", 8, 8192,
+                                                 d["distill"]["sampling"]["max_tokens"], key=key("tokens"),
+                                                 help="Distillation answers (teacher and student)."))
+d["distill"]["heldout"] = slide(c, "Held-out share", 0.0, 0.5, float(d["distill"]["heldout"]), key=key("heldout"),
+                                help="Pairs kept out of training for the evaluation.")
 a, b = st.columns(2)
 d["distill"]["drop_truncated"] = not a.checkbox("Keep answers cut off at the token limit",
                                                 not d["distill"]["drop_truncated"], key=key("keep_cut"),
@@ -75,35 +99,34 @@ d["distill"]["persona_filter"] = b.checkbox("Drop pairs whose teacher answer is 
 st.subheader("DPO", divider="gray")
 cols = st.columns(7)
 p = d["dpo"]
-p["rank"] = int(cols[0].number_input("DPO LoRA rank", 1, 1024, p["rank"], key=key("dpo_rank")))
-p["alpha"] = cols[1].number_input("DPO LoRA alpha", 1, 4096, p["alpha"], key=key("dpo_alpha"), help=ALPHA_HELP)
-p["lr"] = cols[2].number_input("DPO learning rate", 1e-6, 1e-2, float(p["lr"]), format="%.0e", key=key("dpo_lr"))
-p["beta"] = cols[3].number_input("DPO beta", 0.01, 1.0, float(p["beta"]), key=key("beta"),
-                                 help="How strongly DPO is held to the base model.")
-p["nll"] = cols[4].number_input("NLL weight", 0.0, 10.0, float(p["nll"]), key=key("nll"),
-                                help="RPO: an NLL term on the chosen answers beside the DPO loss.")
-p["epochs"] = cols[5].number_input("DPO epochs", 0.1, 10.0, float(p["epochs"]), key=key("dpo_epochs"))
-p["batch_size"] = int(cols[6].number_input("DPO batch", 1, 1024, p["batch_size"], key=key("dpo_batch"),
-                                           help="Per device on TRL; the seeds advise at most 16."))
+p["rank"] = int(num(cols[0], "DPO LoRA rank", 1, 1024, p["rank"], key=key("dpo_rank")))
+p["alpha"] = num(cols[1], "DPO LoRA alpha", 1, 4096, p["alpha"], key=key("dpo_alpha"), help=ALPHA_HELP)
+p["lr"] = num(cols[2], "DPO learning rate", 1e-6, 1e-2, float(p["lr"]), format="%.0e", key=key("dpo_lr"))
+p["beta"] = num(cols[3], "DPO beta", 0.01, 1.0, float(p["beta"]), key=key("beta"),
+                help="How strongly DPO is held to the base model.")
+p["nll"] = num(cols[4], "NLL weight", 0.0, 10.0, float(p["nll"]), key=key("nll"),
+               help="RPO: an NLL term on the chosen answers beside the DPO loss.")
+p["epochs"] = num(cols[5], "DPO epochs", 0.1, 10.0, float(p["epochs"]), key=key("dpo_epochs"))
+p["batch_size"] = int(num(cols[6], "DPO batch", 1, 1024, p["batch_size"], key=key("dpo_batch"),
+                          help="Per device on TRL; the seeds advise at most 16."))
 
 st.subheader("Introspection and SFT", divider="gray")
 i = d["introspect"]
 cols = st.columns(5)
-i["reflection_prompts"] = int(cols[0].number_input("Reflection prompts", 1, 12, i["reflection_prompts"],
-                                                   key=key("refl")))
-i["samples_per_prompt"] = int(cols[1].number_input("Samples per reflection prompt", 1, 100000,
-                                                   i["samples_per_prompt"], key=key("samples")))
-i["interactions"] = int(cols[2].number_input("Self-interactions", 0, 100000, i["interactions"], key=key("inter")))
-i["turns"] = int(cols[3].number_input("Turns per self-interaction", 2, 50, i["turns"], key=key("turns")))
-i["sampling"]["max_tokens"] = int(cols[4].number_input("Introspection max tokens", 8, 8192,
-                                                       i["sampling"]["max_tokens"], key=key("itokens")))
+i["reflection_prompts"] = int(num(cols[0], "Reflection prompts", 1, 12, i["reflection_prompts"], key=key("refl")))
+i["samples_per_prompt"] = int(num(cols[1], "Samples per reflection prompt", 1, 100000, i["samples_per_prompt"],
+                                  key=key("samples")))
+i["interactions"] = int(num(cols[2], "Self-interactions", 0, 100000, i["interactions"], key=key("inter")))
+i["turns"] = int(num(cols[3], "Turns per self-interaction", 2, 50, i["turns"], key=key("turns")))
+i["sampling"]["max_tokens"] = int(num(cols[4], "Introspection max tokens", 8, 8192, i["sampling"]["max_tokens"],
+                                      key=key("itokens")))
 cols = st.columns(5)
 s = d["sft"]
-s["rank"] = int(cols[0].number_input("SFT LoRA rank", 1, 1024, s["rank"], key=key("sft_rank")))
-s["alpha"] = cols[1].number_input("SFT LoRA alpha", 1, 4096, s["alpha"], key=key("sft_alpha"), help=ALPHA_HELP)
-s["lr"] = cols[2].number_input("SFT learning rate", 1e-6, 1e-2, float(s["lr"]), format="%.0e", key=key("sft_lr"))
-s["epochs"] = cols[3].number_input("SFT epochs", 0.1, 10.0, float(s["epochs"]), key=key("sft_epochs"))
-s["batch_size"] = int(cols[4].number_input("SFT batch", 1, 1024, s["batch_size"], key=key("sft_batch")))
+s["rank"] = int(num(cols[0], "SFT LoRA rank", 1, 1024, s["rank"], key=key("sft_rank")))
+s["alpha"] = num(cols[1], "SFT LoRA alpha", 1, 4096, s["alpha"], key=key("sft_alpha"), help=ALPHA_HELP)
+s["lr"] = num(cols[2], "SFT learning rate", 1e-6, 1e-2, float(s["lr"]), format="%.0e", key=key("sft_lr"))
+s["epochs"] = num(cols[3], "SFT epochs", 0.1, 10.0, float(s["epochs"]), key=key("sft_epochs"))
+s["batch_size"] = int(num(cols[4], "SFT batch", 1, 1024, s["batch_size"], key=key("sft_batch")))
 if backend == "together":  # on Together, SFT continues the DPO adapter and so keeps its rank
     s["rank"], s["alpha"] = p["rank"], p["alpha"]
     st.caption("Together: SFT continues the DPO adapter, so it keeps the DPO rank and alpha.")
@@ -138,10 +161,19 @@ if not problems:
                    "is kept and used for every estimate.")
         mjob = state.latest_job(state.measure_job_key(student), "measure")
         if mjob and mjob.active:
-            st.info(f"Measuring as job {mjob.id} ...")
+            @st.fragment(run_every=3)
+            def measuring(job_key=state.measure_job_key(student)):
+                j = state.latest_job(job_key, "measure")
+                if j and j.active:
+                    st.info(f"Measuring as job {j.id} ...")
+                else:
+                    st.rerun()  # the whole page, so the estimate shows
+
+            measuring()
         elif st.button("Measure this machine's speed", key="tr_measure"):
             try:
-                st.info(f"Measuring as job {state.launch_measure(student).id}; the estimate shows when it is done.")
+                state.launch_measure(student)
+                st.rerun()
             except CharacterError as e:
                 st.error(str(e))
     else:
@@ -149,9 +181,12 @@ if not problems:
         st.dataframe([{"stage": r["stage"], "estimate": "-" if r["estimate_s"] is None else
                        f"{r['estimate_s'] // 60}:{r['estimate_s'] % 60:02d}", "from": r["basis"]} for r in est],
                      hide_index=True, key="tr_estimate")
-        st.caption(f"Pipeline (prompts to merge): about {sum(known) // 60} min {sum(known) % 60} s; evaluation is "
-                   "launched on its own. Estimates come from this machine's measured rates and the recipe's sizes; "
-                   "on the demo recipe they were within about 30% per stage (benchmarks/RESULTS.md).")
+        if known:
+            st.caption(f"Pipeline (prompts to merge): about {sum(known) // 60} min {sum(known) % 60} s; evaluation "
+                       "is launched on its own. Estimates come from this machine's measured rates and the recipe's "
+                       "sizes; how close they came on a check run: benchmarks/RESULTS.md, \"Time estimates\".")
+        else:
+            st.caption("No stage of this recipe can be estimated here (see 'from').")
 
 busy = state.busy_reason(data["name"]) if not problems and data["name"] in state.run_names() else None
 a, b = st.columns(2)
@@ -167,8 +202,8 @@ if whole or data_only:
         path = state.save_recipe_data(data)
         stages = ["--stages", "prompts", "distill"] if data_only else []
         job = state.launch(data["name"], "data" if data_only else "train", ["run", *stages, "--", path])
-        st.session_state["tr_launched"] = data["name"]
-        st.success(f"Recipe saved to {path} (repeat with `character run {' '.join(stages + [path])}`); "
+        st.session_state["tr_launched"] = st.session_state["tr_watch"] = data["name"]
+        st.success(f"Recipe saved to {path} (repeat with `character run {' '.join([path, *stages])}`); "
                    f"job {job.id} started.")
     except CharacterError as e:
         st.error(str(e))
@@ -182,21 +217,21 @@ if runs:
     st.subheader("Runs")
     current = st.selectbox("Run", runs, key="tr_watch",
                            index=runs.index(launched or data["name"]) if (launched or data["name"]) in runs else 0)
-    buttons = state.stage_button_state(current) if current in state.run_names() else {}
-    cols = st.columns(len(state.STAGE_BUTTONS))
-    for col, (label, (cmd, why)) in zip(cols, buttons.items()):
-        if col.button(label, key=f"stage_{label}", disabled=why is not None,
-                      help=why or f"character {' '.join(cmd)}"):
-            try:
-                job = state.launch_stage(current, label)
-                st.info(f"{label}: job {job.id} started (`character {' '.join(cmd)}`).")
-            except CharacterError as e:
-                st.error(str(e))
-    if buttons and (held := state.busy_reason(current)):
-        st.caption(f"Stage buttons are off while {held}.")
 
-    @st.fragment(run_every=3)
+    @st.fragment(run_every=3)  # the buttons follow the run's state as its jobs start and finish
     def progress():
+        buttons = state.stage_button_state(current) if current in state.run_names() else {}
+        cols = st.columns(len(state.STAGE_BUTTONS))
+        for col, (label, (cmd, why)) in zip(cols, buttons.items()):
+            if col.button(label, key=f"stage_{label}", disabled=why is not None,
+                          help=why or f"character {' '.join(cmd)}"):
+                try:
+                    job = state.launch_stage(current, label)
+                    st.info(f"{label}: job {job.id} started (`character {' '.join(cmd)}`).")
+                except CharacterError as e:
+                    st.error(str(e))
+        if buttons and (held := state.busy_reason(current)):
+            st.caption(f"Stage buttons are off while {held}.")
         job = state.latest_run_job(current)
         st.dataframe([{**r, "estimate_s": r.get("estimate_s"), "actual_s": r.get("actual_s")}
                       for r in state.run_estimate_rows(current)], hide_index=True, key="stage_table",
