@@ -5,22 +5,21 @@ recipe's sizes imply, stage by stage.
 The work model is deliberately simple: a stage's tokens (answers generated, answers scored, rows
 trained) over the matching rate, times a per-stage factor for what the micro-benchmark does not see
 (long cached system prompts, padding, the trainer's own bookkeeping, model loads). The factors were
-fitted once on the `make demo` recipe's stage times (benchmarks/RESULTS.md, "Time estimates"), which
-also gives the estimate's measured error on another recipe. Remote backends (Tinker, Together, API
+fitted once on the `make demo` recipe's stage times (benchmarks/RESULTS.md); the estimate's measured error
+on a smaller recipe is in its "Time estimates" section (1.9x under for the pipeline: a rough guide). Remote backends (Tinker, Together, API
 models) are not estimated: their speed is the provider's.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import time
 from pathlib import Path
 
 from pydantic import BaseModel
 
 from .errors import CharacterError
-import re
-
 from .runs import character_home, read_json, write_json
 
 # seconds of wall time per second of micro-benchmarked work, fitted on the demo recipe (see the docstring)

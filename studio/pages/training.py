@@ -184,7 +184,8 @@ if not problems:
         if known:
             st.caption(f"Pipeline (prompts to merge): about {sum(known) // 60} min {sum(known) % 60} s; evaluation "
                        "is launched on its own. Estimates come from this machine's measured rates and the recipe's "
-                       "sizes; how close they came on a check run: benchmarks/RESULTS.md, \"Time estimates\".")
+                       "sizes: a rough guide (a smaller check run took 1.9x its estimate; benchmarks/RESULTS.md, "
+                       "\"Time estimates\").")
         else:
             st.caption("No stage of this recipe can be estimated here (see 'from').")
 
