@@ -213,7 +213,9 @@ def cmd_estimate(args) -> int:
         secs = "-" if r["estimate_s"] is None else f"{r['estimate_s'] // 60}:{r['estimate_s'] % 60:02d}"
         print(f"{r['stage']:<11} {secs:>6}  {r['basis']}")
     done = [r["estimate_s"] for r in rows if r["estimate_s"] is not None and r["stage"] != "eval"]
-    print(f"pipeline    {sum(done) // 60}:{sum(done) % 60:02d}  (prompts to merge; eval on its own)")
+    missing = sum(1 for r in rows if r["estimate_s"] is None and r["stage"] != "eval")
+    print(f"pipeline    {sum(done) // 60}:{sum(done) % 60:02d}  (prompts to merge; eval on its own"
+          + (f"; {missing} stages not estimated)" if missing else ")"))
     return 0
 
 

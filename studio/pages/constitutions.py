@@ -45,13 +45,14 @@ def fill_form(name: str | None = None) -> None:
     ss = st.session_state
     ss["f_name"], ss["f_desc"], ss["f_sys"] = (c.name, c.description, c.system_prompt) if c else ("", "", "")
     ss["form_n"] = len(c.traits) if c else 3
-    for i in range(20):
+    for i in range(max(20, len(c.traits) if c else 0)):
         t = c.traits[i] if c and i < len(c.traits) else None
         ss[f"f_t{i}"], ss[f"f_c{i}"] = (t.trait, t.clarification) if t else ("", "")
         ss[f"f_q{i}"] = "\n".join(t.questions) if t else ""
     for k, attr in (("f_dir", "directives"), ("f_safe", "safety"), ("f_sign", "signoffs")):
         ss[k] = "\n".join(getattr(c, attr)) if c else ""
-    ss["f_examples_rows"] = [e.model_dump() for e in c.examples] if c and c.examples else [{"user": "", "assistant": ""}]
+    ss["f_examples_rows"] = ([e.model_dump() for e in c.examples] if c and c.examples
+                             else [{"user": "", "assistant": ""}])
     ss["f_gen"] = ss.get("f_gen", 0) + 1  # a new key for the examples table (its edits live under its key)
 
 
@@ -60,7 +61,7 @@ with form:
         fill_form(st.session_state.get("form_base"))
     st.selectbox("Start from", ["(empty)", *names], key="form_base",
                  on_change=lambda: fill_form(st.session_state["form_base"]))
-    n = st.number_input("Traits", 1, 20, key="form_n")
+    n = st.number_input("Traits", 1, max(20, st.session_state.get("form_n", 3)), key="form_n")
     with st.form("constitution_form"):
         name = st.text_input("Name (lowercase letters, digits, - or _)", key="f_name")
         desc = st.text_area("Description", key="f_desc", height=68)
@@ -111,7 +112,7 @@ with raw:
 with draft:
     st.caption("A model drafts persona, traits and questions in small structured steps. Local models (embedded, "
                "hf/...) decode under the draft's JSON schema, so a draft always comes back; the embedded 135M "
-               "model's drafts are weak (about 2 minutes for 3 traits on 2 cores), so read and edit it, or draft "
+               "model's drafts are weak (2-3 minutes for 3 traits on 2 cores), so read and edit it, or draft "
                "with a stronger model (an OpenAI-compatible one; Settings shows which keys are set).")
     description = st.text_area("Describe the persona", key="draft_desc")
     a, b, c, d = st.columns([2, 2, 1, 1])

@@ -42,13 +42,13 @@ def key(name: str) -> str:
 
 def fit(label: str, value, lo, hi):
     """The recipe's value, brought into the form's range with a note (a recipe saved from the YAML editor can
-    hold values the form's inputs do not offer; the editor keeps them)."""
+    hold values the form's inputs do not offer; the YAML editor takes any valid value)."""
     if value is None:  # e.g. an alpha left empty (2 x rank)
         return None
     kept = min(max(value, lo), hi)
     if kept != value:
         st.warning(f"{label}: the recipe's {value} is outside this form's range, so the form shows {kept}; "
-                   "use the YAML editor below to keep the recipe's value.")
+                   "to keep the recipe's value, set it again in the YAML editor below.")
     return type(value)(kept) if isinstance(value, (int, float)) else kept
 
 
@@ -170,22 +170,28 @@ if not problems:
                     st.rerun()  # the whole page, so the estimate shows
 
             measuring()
-        elif st.button("Measure this machine's speed", key="tr_measure"):
-            try:
-                state.launch_measure(student)
-                st.rerun()
-            except CharacterError as e:
-                st.error(str(e))
+        else:
+            if mjob and mjob.status != "done":
+                st.error(f"The last measurement (job {mjob.id}) ended {mjob.status}: "
+                         + (state.job_log(mjob, 3) or "no output").strip().splitlines()[-1])
+            if st.button("Measure this machine's speed", key="tr_measure"):
+                try:
+                    state.launch_measure(student)
+                    st.rerun()
+                except CharacterError as e:
+                    st.error(str(e))
     else:
         known = [r["estimate_s"] for r in est if r["estimate_s"] is not None and r["stage"] != "eval"]
         st.dataframe([{"stage": r["stage"], "estimate": "-" if r["estimate_s"] is None else
                        f"{r['estimate_s'] // 60}:{r['estimate_s'] % 60:02d}", "from": r["basis"]} for r in est],
                      hide_index=True, key="tr_estimate")
+        missing = sum(1 for r in est if r["estimate_s"] is None and r["stage"] != "eval")
         if known:
-            st.caption(f"Pipeline (prompts to merge): about {sum(known) // 60} min {sum(known) % 60} s; evaluation "
-                       "is launched on its own. Estimates come from this machine's measured rates and the recipe's "
-                       "sizes: a rough guide (a smaller check run took 1.9x its estimate; benchmarks/RESULTS.md, "
-                       "\"Time estimates\").")
+            part = f" for the {len(known)} stages estimated" if missing else ""
+            st.caption(f"Pipeline (prompts to merge): about {sum(known) // 60} min {sum(known) % 60} s{part}; "
+                       "evaluation is launched on its own. Estimates come from this machine's measured rates and "
+                       "the recipe's sizes: a rough guide (a smaller check run took 1.9x its estimate; "
+                       "benchmarks/RESULTS.md, \"Time estimates\").")
         else:
             st.caption("No stage of this recipe can be estimated here (see 'from').")
 
