@@ -114,11 +114,17 @@ def test_the_studio_end_to_end_in_a_browser(studio, tmp_path):
         pg.get_by_label("Name", exact=True).first.fill("drafted")
         pg.get_by_role("button", name="Draft", exact=True).click()
         wait_for(lambda: (consts / "drafted.yaml").exists(), 600, "the draft")
-        pg.reload()
-        pg.get_by_role("tab", name="Draft with an LLM").click()
-        pg.get_by_label("Name", exact=True).first.fill("drafted")
-        pg.get_by_label("Name", exact=True).first.press("Enter")
-        pg.get_by_role("button", name="Open the draft in the form").click()
+        opener = pg.get_by_role("button", name="Open the draft in the form")
+
+        def draft_done():  # the file is written a moment before the job records that it is done
+            pg.reload()
+            pg.get_by_role("tab", name="Draft with an LLM").click()
+            pg.get_by_label("Name", exact=True).first.fill("drafted")
+            pg.get_by_label("Name", exact=True).first.press("Enter")
+            pg.wait_for_timeout(3000)
+            return opener.count() > 0
+        wait_for(draft_done, 90, "the draft job to finish")
+        opener.click()
         pg.get_by_role("tab", name="Create / edit").click()
         wait_for(lambda: field("Name (lowercase letters, digits, - or _)").input_value() == "drafted", 30,
                  "the draft in the form")
