@@ -200,7 +200,7 @@ def cmd_stage(args) -> int:
 
 def cmd_estimate(args) -> int:
     from .config import load_recipe
-    from .estimate import LOCAL_BACKENDS, cached_rates, estimate, measure
+    from .estimate import LOCAL_BACKENDS, cached_rates, estimate, measure, pipeline_total
     if not args.recipe:  # only measure (and cache) a model's rates
         measure(args.model, "trl")
         return 0
@@ -212,9 +212,8 @@ def cmd_estimate(args) -> int:
     for r in rows:
         secs = "-" if r["estimate_s"] is None else f"{r['estimate_s'] // 60}:{r['estimate_s'] % 60:02d}"
         print(f"{r['stage']:<11} {secs:>6}  {r['basis']}")
-    done = [r["estimate_s"] for r in rows if r["estimate_s"] is not None and r["stage"] != "eval"]
-    missing = sum(1 for r in rows if r["estimate_s"] is None and r["stage"] != "eval")
-    print(f"pipeline    {sum(done) // 60}:{sum(done) % 60:02d}  (prompts to merge; eval on its own"
+    total, _, missing = pipeline_total(rows)
+    print(f"pipeline    {total // 60}:{total % 60:02d}  (prompts to merge; eval on its own"
           + (f"; {missing} stages not estimated)" if missing else ")"))
     return 0
 

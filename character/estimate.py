@@ -5,9 +5,9 @@ recipe's sizes imply, stage by stage.
 The work model is deliberately simple: a stage's tokens (answers generated, answers scored, rows
 trained) over the matching rate, times a per-stage factor for what the micro-benchmark does not see
 (long cached system prompts, padding, the trainer's own bookkeeping, model loads). The factors were
-fitted once on the `make demo` recipe's stage times (benchmarks/RESULTS.md); the estimate's measured error
-on a smaller recipe is in its "Time estimates" section (1.9x under for the pipeline: a rough guide). Remote backends (Tinker, Together, API
-models) are not estimated: their speed is the provider's.
+fitted once on the `make demo` recipe's stage times (benchmarks/RESULTS.md); the estimate's measured
+error on a smaller recipe is in its "Time estimates" section (1.9x under for the pipeline: a rough
+guide). Remote backends (Tinker, Together, API models) are not estimated: their speed is the provider's.
 """
 
 from __future__ import annotations
@@ -174,6 +174,13 @@ def estimate(cfg, rates: Rates | None = None) -> list[dict]:
         basis = ", ".join(f"{k} {v:,.0f} tokens" for k, v in work.items() if k != "rows") or "file work"
         rows.append({"stage": stage, "estimate_s": round(seconds), "basis": basis})
     return rows
+
+
+def pipeline_total(rows: list[dict]) -> tuple[int, int, int]:
+    """Seconds over the estimated stages from prompts to merge (evaluation is launched on its own), how many
+    of those stages were estimated, and how many were not."""
+    known = [r["estimate_s"] for r in rows if r["stage"] != "eval" and r["estimate_s"] is not None]
+    return sum(known), len(known), sum(1 for r in rows if r["stage"] != "eval") - len(known)
 
 
 def with_actuals(estimates: list[dict], stage_rows: list[dict]) -> list[dict]:

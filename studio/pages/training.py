@@ -10,6 +10,7 @@ import plotly.graph_objects as go
 import streamlit as st
 
 from character.errors import CharacterError
+from character.estimate import pipeline_total
 from studio import state
 
 st.title("Training")
@@ -181,14 +182,13 @@ if not problems:
                 except CharacterError as e:
                     st.error(str(e))
     else:
-        known = [r["estimate_s"] for r in est if r["estimate_s"] is not None and r["stage"] != "eval"]
         st.dataframe([{"stage": r["stage"], "estimate": "-" if r["estimate_s"] is None else
                        f"{r['estimate_s'] // 60}:{r['estimate_s'] % 60:02d}", "from": r["basis"]} for r in est],
                      hide_index=True, key="tr_estimate")
-        missing = sum(1 for r in est if r["estimate_s"] is None and r["stage"] != "eval")
+        total, known, missing = pipeline_total(est)
         if known:
-            part = f" for the {len(known)} stages estimated" if missing else ""
-            st.caption(f"Pipeline (prompts to merge): about {sum(known) // 60} min {sum(known) % 60} s{part}; "
+            part = f" for the {known} stages estimated" if missing else ""
+            st.caption(f"Pipeline (prompts to merge): about {total // 60} min {total % 60} s{part}; "
                        "evaluation is launched on its own. Estimates come from this machine's measured rates and "
                        "the recipe's sizes: a rough guide (a smaller check run took 1.9x its estimate; "
                        "benchmarks/RESULTS.md, \"Time estimates\").")
