@@ -155,15 +155,19 @@ def test_shared_system_prompt_is_computed_once_with_the_same_answers(embedded):
         plain_twice = [[x.text for x in c] for c in embedded.generate(convs[:4], twice)]
         plain_lp = embedded.next_token_logprobs(judged, ["A", "B"])
         embedded.prefix_cache = True
+        assert embedded.shared_head  # the head kept once per batch (shared_head attention) ...
         assert [c[0].text for c in embedded.generate(convs, greedy)] == plain
         assert [[x.text for x in c] for c in embedded.generate(convs[:4], twice)] == plain_twice
         cached_lp = embedded.next_token_logprobs(judged, ["A", "B"])
+        embedded.shared_head = False  # ... and copied to every row
+        assert [c[0].text for c in embedded.generate(convs, greedy)] == plain
+        copied_lp = embedded.next_token_logprobs(judged, ["A", "B"])
     finally:
-        embedded.prefix_cache, embedded.autocast = True, autocast
+        embedded.prefix_cache, embedded.autocast, embedded.shared_head = True, autocast, True
     assert plain[0] != plain[1]  # the two system prompts gave their own answers
     assert all(len(set(c)) == 1 for c in plain_twice)  # greedy: both samples of a prompt alike
-    for a, b in zip(cached_lp, plain_lp, strict=True):
-        assert a == pytest.approx(b, abs=1e-3)
+    for a, b, c in zip(cached_lp, plain_lp, copied_lp, strict=True):
+        assert a == pytest.approx(b, abs=1e-3) and c == pytest.approx(b, abs=1e-3)
 
 
 def test_precision_option(embedded):
@@ -191,9 +195,14 @@ def test_response_logprobs_reuse_a_shared_system_prompt(embedded):
     finally:
         embedded.prefix_cache = True
     cached = embedded.logprobs(convs, answers * 2)
+    try:
+        embedded.shared_head = False  # the head copied to every row instead of kept once
+        copied = embedded.logprobs(convs, answers * 2)
+    finally:
+        embedded.shared_head = True
     assert [len(a) for a in cached] == [len(b) for b in plain]
-    for a, b in zip(cached, plain, strict=True):
-        assert a == pytest.approx(b, abs=1e-4)
+    for a, b, c in zip(cached, plain, copied, strict=True):
+        assert a == pytest.approx(b, abs=1e-4) and c == pytest.approx(b, abs=1e-4)
 
 
 def test_guidance_is_the_plain_model_at_scale_1_and_mixes_logits_otherwise(embedded):

@@ -19,7 +19,7 @@ from typing import Iterator
 
 from ..errors import MissingDependencyError, ModelSpecError
 from ..types import Completion, Conversation, SamplingParams
-from . import as_messages
+from . import as_messages, shared_head
 from .scoring import response_token_ids
 
 try:
@@ -169,6 +169,8 @@ class HFBackend:
             self.model = self._with_adapters(self.model, self.adapters)
         self._lock = threading.Lock()  # one forward pass at a time per model
         self.prefix_cache = True  # reuse a shared prompt head's cache across a batch (see generate)
+        # the head is kept once for a whole batch, not copied per row (shared_head.py; sdpa models)
+        self.shared_head = shared_head.enable(self.model)
         if precision not in ("auto", "bf16", "fp32"):
             raise ModelSpecError(f"precision={precision!r}: use auto, bf16 or fp32")
         # A float32 model on a CPU with bf16 matrix instructions generates and reads judge labels under bf16
@@ -312,6 +314,10 @@ class HFBackend:
             out = self.model(input_ids=torch.tensor([head], device=self.device), use_cache=True, logits_to_keep=1)
         return out[CACHE_ARG]
 
+    def _rows_cache(self, head_cache, rows: int):
+        """The cache a batch of `rows` starts from: the head once (shared_head attention) or a copy per row."""
+        return shared_head.shared_cache(head_cache) if self.shared_head else per_row(head_cache, rows)
+
     def _left_padded(self, rows: list[list[int]], head: list[int] = ()):
         pad = self.tokenizer.pad_token_id
         width = max(len(r) for r in rows)
@@ -335,7 +341,7 @@ class HFBackend:
             kwargs["negative_prompt_ids"], kwargs["negative_prompt_attention_mask"] = self._left_padded(negatives)
         with self._lock, torch.inference_mode(), self._fast():
             if head_cache is not None:
-                kwargs[CACHE_ARG] = per_row(head_cache, len(rows))
+                kwargs[CACHE_ARG] = self._rows_cache(head_cache, len(rows))
             out = self.model.generate(input_ids=x, attention_mask=mask, **kwargs)
         return out[:, x.shape[1]:].tolist()
 
@@ -422,7 +428,7 @@ class HFBackend:
                 mask = torch.tensor([[1] * (n_head + len(r)) + [0] * (width - len(r)) for r in rows], device=self.device)
                 kwargs = {}
                 if head_cache is not None:
-                    kwargs[CACHE_ARG] = per_row(head_cache, len(rows))
+                    kwargs[CACHE_ARG] = self._rows_cache(head_cache, len(rows))
                     kwargs["position_ids"] = torch.arange(n_head, n_head + width, device=self.device).expand(len(rows), -1)
                 with self._lock, torch.inference_mode(), self._fast(fast):
                     logits = self.model(input_ids=ids, attention_mask=mask, **kwargs).logits.float()
@@ -452,7 +458,7 @@ class HFBackend:
             pos = (mask.cumsum(-1) - 1).clamp(min=0)[:, n_head:]
             kwargs = {}
             if head_cache is not None:
-                kwargs[CACHE_ARG] = per_row(head_cache, len(rows))
+                kwargs[CACHE_ARG] = self._rows_cache(head_cache, len(rows))
             with self._lock, torch.inference_mode(), self._fast():
                 logits = self.model(input_ids=x, attention_mask=mask, position_ids=pos, logits_to_keep=1,
                                     **kwargs).logits
