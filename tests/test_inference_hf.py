@@ -147,7 +147,7 @@ def test_shared_system_prompt_is_computed_once_with_the_same_answers(embedded):
     judged_ids = [embedded.tokenizer(embedded.render(c), add_special_tokens=False).input_ids for c in judged]
     assert shared_prefix(judged_ids) >= PREFIX_MIN_TOKENS  # the label reads take the cached path too
     greedy, twice = SamplingParams(max_tokens=16, temperature=0), SamplingParams(max_tokens=8, temperature=0, n=2)
-    autocast = embedded.autocast
+    autocast, shared = embedded.autocast, embedded.shared_head
     try:
         embedded.autocast = False  # exact equality is the float32 claim; bf16 rounding depends on shapes
         embedded.prefix_cache = False
@@ -163,7 +163,7 @@ def test_shared_system_prompt_is_computed_once_with_the_same_answers(embedded):
         assert [c[0].text for c in embedded.generate(convs, greedy)] == plain
         copied_lp = embedded.next_token_logprobs(judged, ["A", "B"])
     finally:
-        embedded.prefix_cache, embedded.autocast, embedded.shared_head = True, autocast, True
+        embedded.prefix_cache, embedded.autocast, embedded.shared_head = True, autocast, shared
     assert plain[0] != plain[1]  # the two system prompts gave their own answers
     assert all(len(set(c)) == 1 for c in plain_twice)  # greedy: both samples of a prompt alike
     for a, b, c in zip(cached_lp, plain_lp, copied_lp, strict=True):
@@ -195,11 +195,12 @@ def test_response_logprobs_reuse_a_shared_system_prompt(embedded):
     finally:
         embedded.prefix_cache = True
     cached = embedded.logprobs(convs, answers * 2)
+    shared = embedded.shared_head
     try:
         embedded.shared_head = False  # the head copied to every row instead of kept once
         copied = embedded.logprobs(convs, answers * 2)
     finally:
-        embedded.shared_head = True
+        embedded.shared_head = shared
     assert [len(a) for a in cached] == [len(b) for b in plain]
     for a, b, c in zip(cached, plain, copied, strict=True):
         assert a == pytest.approx(b, abs=1e-4) and c == pytest.approx(b, abs=1e-4)

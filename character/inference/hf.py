@@ -316,7 +316,8 @@ class HFBackend:
 
     def _rows_cache(self, head_cache, rows: int):
         """The cache a batch of `rows` starts from: the head once (shared_head attention) or a copy per row."""
-        return shared_head.shared_cache(head_cache) if self.shared_head else per_row(head_cache, rows)
+        shared = shared_head.shared_cache(head_cache) if self.shared_head else None
+        return shared if shared is not None else per_row(head_cache, rows)
 
     def _left_padded(self, rows: list[list[int]], head: list[int] = ()):
         pad = self.tokenizer.pad_token_id

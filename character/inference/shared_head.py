@@ -33,6 +33,8 @@ _current = threading.local()  # the head of the layer whose attention runs next 
 class SharedHeadLayer(DynamicLayer):
     """One layer's cache: the shared head once, each row's own keys and values after it."""
 
+    is_croppable = False  # cropping could not remove head tokens (assisted decoding is not used here)
+
     def __init__(self, keys: torch.Tensor, values: torch.Tensor):
         super().__init__()
         self.head_keys, self.head_values = keys, values
@@ -42,7 +44,8 @@ class SharedHeadLayer(DynamicLayer):
             self.lazy_initialization(key_states, value_states)
         self.keys = torch.cat([self.keys, key_states], dim=-2)
         self.values = torch.cat([self.values, value_states], dim=-2)
-        _current.head = (self.head_keys, self.head_values)  # read by shared_head_attention, next in this layer
+        # read by shared_head_attention, next in this layer; tied to the keys it is called with
+        _current.head = (self.head_keys, self.head_values, self.keys)
         return self.keys, self.values
 
     def get_seq_length(self) -> int:
@@ -50,8 +53,11 @@ class SharedHeadLayer(DynamicLayer):
         return self.head_keys.shape[-2] + own
 
 
-def shared_cache(head_cache) -> DynamicCache:
-    """A cache for a batch of any width that starts after `head_cache` (computed for one row)."""
+def shared_cache(head_cache) -> DynamicCache | None:
+    """A cache for a batch of any width that starts after `head_cache` (computed for one row), or None
+    where the head's layers are not plain full-attention layers (sliding windows keep the per-row copy)."""
+    if not all(type(layer) is DynamicLayer for layer in head_cache.layers):
+        return None
     cache = DynamicCache()
     cache.layers = [SharedHeadLayer(layer.keys, layer.values) for layer in head_cache.layers]
     return cache
@@ -60,10 +66,10 @@ def shared_cache(head_cache) -> DynamicCache:
 def shared_head_attention(module, query, key, value, attention_mask, scaling=None, dropout=0.0, **kwargs):
     head = getattr(_current, "head", None)
     _current.head = None
-    if head is None:
+    if head is None or head[2] is not key:  # no shared head in this forward (or a stale one): plain sdpa
         return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=dropout,
                                       **kwargs)
-    head_k, head_v = head
+    head_k, head_v, _ = head
     b, h, q, d = query.shape
     kv_heads, n_head = head_k.shape[1], head_k.shape[2]
     g = h // kv_heads
@@ -93,8 +99,12 @@ AttentionMaskInterface.register(NAME, sdpa_mask)
 
 
 def enable(model) -> bool:
-    """Switch a model that uses sdpa attention to `shared_head` (identical without a shared head)."""
-    if getattr(model.config, "_attn_implementation", None) != "sdpa":
+    """Switch a CPU model that uses sdpa attention, without sliding windows or logit soft-capping, to
+    `shared_head` (identical without a shared head). On a GPU the per-row copies stay: sdpa's fused kernels
+    never build the score matrix this function does, and the speed was measured on CPUs only."""
+    cfg = model.config
+    if (model.device.type != "cpu" or getattr(cfg, "_attn_implementation", None) != "sdpa"
+            or getattr(cfg, "sliding_window", None) or getattr(cfg, "attn_logit_softcapping", None)):
         return False
     model.set_attn_implementation(NAME)
-    return True
+    return model.config._attn_implementation == NAME
