@@ -19,7 +19,7 @@ from typing import Iterator
 
 from ..errors import MissingDependencyError, ModelSpecError
 from ..types import Completion, Conversation, SamplingParams
-from . import as_messages, shared_head
+from . import as_messages
 from .scoring import response_token_ids
 
 try:
@@ -27,6 +27,7 @@ try:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, TextIteratorStreamer
 except ImportError as e:  # pragma: no cover - depends on installed extras
     raise MissingDependencyError(f"backend 'hf' needs {e.name}; run: pip install -e '.[train]'") from None
+from . import shared_head  # noqa: E402  (imports transformers: after the check above)
 
 
 def pick_device() -> str:
