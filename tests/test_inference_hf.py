@@ -155,7 +155,12 @@ def test_shared_system_prompt_is_computed_once_with_the_same_answers(embedded):
         plain_twice = [[x.text for x in c] for c in embedded.generate(convs[:4], twice)]
         plain_lp = embedded.next_token_logprobs(judged, ["A", "B"])
         embedded.prefix_cache = True
-        assert embedded.shared_head  # the head kept once per batch (shared_head attention) ...
+        # the head kept once per batch (shared_head attention, CPUs only) ...
+        assert embedded.shared_head == (embedded.device.type == "cpu")
+        if embedded.shared_head:  # ... really: not the per-row fallback
+            from character.inference.shared_head import SharedHeadLayer
+            kept = embedded._rows_cache(embedded._head_cache(ids[0][:PREFIX_MIN_TOKENS]), 3)
+            assert all(isinstance(layer, SharedHeadLayer) for layer in kept.layers)
         assert [c[0].text for c in embedded.generate(convs, greedy)] == plain
         assert [[x.text for x in c] for c in embedded.generate(convs[:4], twice)] == plain_twice
         cached_lp = embedded.next_token_logprobs(judged, ["A", "B"])

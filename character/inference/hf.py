@@ -331,7 +331,7 @@ class HFBackend:
                         negatives: list[list[int]] | None = None, guidance: float = 1.0,
                         json_schema: dict | None = None) -> list[list[int]]:
         """Left-pad the rows' own tokens and decode them together; with a shared head, its cache is
-        copied to every row and the padding sits between head and row (the attention mask hides it
+        kept once for the batch (`_rows_cache`) and the padding sits between head and row (the attention mask hides it
         and position ids count only real tokens, so each row sees exactly its own prompt). With a
         `json_schema`, each step may only pick tokens that keep the answer a prefix of JSON valid for it."""
         x, mask = self._left_padded(rows, head)

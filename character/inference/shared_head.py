@@ -1,10 +1,10 @@
 """Attention over a prompt head that every row of a batch shares, kept once instead of once per row.
 
-The distillation teacher's 64 prompts all open with the constitution and its voice examples (about 600
-tokens); the prompted evaluation methods and the judges open with the same character text. The hf
+The distillation teacher's 64 prompts all open with the constitution and its voice examples (652 tokens
+for the pirate); the prompted evaluation methods and the judges open with the same character text. The hf
 backend computes such a head's key/value cache once (`HFBackend._head_cache`). Copying it to each of 64
-rows made every decoding step read and rewrite 64 copies (2.6 GB for the embedded model's 30 layers), so
-on a 2-core CPU the teacher's answers decoded at about a fifth of the plain prompts' speed.
+rows made every decoding step read and rewrite 64 copies (1.9 GB in float32 for the embedded model's 30
+layers), so on a 2-core CPU the teacher's answers decoded at about a fifth of the plain prompts' speed.
 
 Here the head stays a single copy ([1, kv heads, head length, head dim]) in `SharedHeadLayer`, next to
 each row's own keys and values. The `shared_head` attention (registered with transformers' attention
