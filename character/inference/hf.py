@@ -330,9 +330,9 @@ class HFBackend:
     def _generate_batch(self, rows: list[list[int]], head: list[int], head_cache, params: SamplingParams,
                         negatives: list[list[int]] | None = None, guidance: float = 1.0,
                         json_schema: dict | None = None) -> list[list[int]]:
-        """Left-pad the rows' own tokens and decode them together; with a shared head, its cache is
-        kept once for the batch (`_rows_cache`) and the padding sits between head and row (the attention mask hides it
-        and position ids count only real tokens, so each row sees exactly its own prompt). With a
+        """Left-pad the rows' own tokens and decode them together; with a shared head, its cache is kept
+        once for the batch (`_rows_cache`) and the padding sits between head and row (the attention mask
+        hides it and position ids count only real tokens, so each row sees exactly its own prompt). With a
         `json_schema`, each step may only pick tokens that keep the answer a prefix of JSON valid for it."""
         x, mask = self._left_padded(rows, head)
         kwargs = self._gen_kwargs(params)
