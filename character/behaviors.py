@@ -42,6 +42,7 @@ from .errors import CharacterError, StaleStageError
 from .runs import (JsonlWriter, character_home, check_slug, read_json, read_jsonl, read_status, recorded,
                    run_dir, run_lock, shown_state, write_atomic, write_json, write_jsonl, write_status)
 from .specs import parse_spec
+from .stats import mean_interval, share_with_interval
 from .types import Message, PreferencePair, Record, SamplingParams, SFTExample, StageStatus, stable_id
 
 STAGES = ("understand", "ideate", "rollout", "judge", "data")
@@ -634,7 +635,6 @@ def _judge_batch(cfg: BehaviorConfig, u: Understanding, batch: list[Transcript],
 
 
 def summarize(cfg: BehaviorConfig, bdir: Path) -> dict:
-    from .evaluate import mean_interval, share_with_interval
     from .judges import Calibration
     js = read_jsonl(bdir / "judge" / "judgments.jsonl", Judgment)
     cal = Calibration.model_validate(read_json(bdir / "judge" / "calibration.json"))

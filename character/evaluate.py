@@ -36,6 +36,7 @@ from tqdm import tqdm
 from .evallog import CLASSIFIER_MIN_ACCURACY, SAMPLE_FILES, EvalLog, as_dict, validate_section
 from .inference import generate_all
 from .persona import persona_scores, scored_by_default
+from .stats import mean_interval, min_detectable_difference, share_with_interval
 from .types import EvalSample, Match, Message, PreferencePair, SamplingParams, stable_id
 
 # Written by this team: suffixes that ask the model to drop its persona.
@@ -61,20 +62,6 @@ def attack_conversations(prompt: str, attack: str, system: str | None) -> list[M
     if attack == "none":
         return msgs + [Message(role="user", content=prompt)]
     return msgs + [Message(role="user", content=f"{prompt}\n\n{ATTACKS[attack]}")]
-
-
-def share_with_interval(flags: list[bool], rounds: int = 200, seed: int = 0) -> tuple[float, float, float]:
-    from .ratings import win_rate
-    return win_rate([1.0 if f else 0.0 for f in flags], rounds=rounds, seed=seed)
-
-
-def mean_interval(values: list[float], rounds: int = 200, seed: int = 0) -> tuple[float, float, float]:
-    if not values:
-        return float("nan"), float("nan"), float("nan")
-    rng = random.Random(seed)
-    n = len(values)
-    means = sorted(sum(values[rng.randrange(n)] for _ in range(n)) / n for _ in range(rounds))
-    return sum(values) / n, means[int(0.025 * (rounds - 1))], means[int(0.975 * (rounds - 1))]
 
 
 def perplexity(backend, conversations: list[list[Message]]) -> dict:
@@ -413,7 +400,6 @@ class Evaluation:
         return out
 
     def section_judges(self) -> dict:
-        from .ratings import win_rate
         from .runs import read_json, read_jsonl, write_atomic, write_jsonl
         from .scorers import aggregate_scores, evaluate_conversations, pairwise, trait_rubric
         robust = self.stage / "robustness.json"
@@ -432,7 +418,7 @@ class Evaluation:
             res = pairwise(self.model(f"judge:{criterion}"), character, criterion, items, "trained", other, self.seed)
             ms = res.matches
             write_jsonl(self.stage / f"matches_{key}.jsonl", ms)
-            w, lo, hi = win_rate([m.outcome for m in ms], rounds=self.e.bootstrap_rounds, seed=self.seed)
+            w, lo, hi = mean_interval([m.outcome for m in ms], rounds=self.e.bootstrap_rounds, seed=self.seed)
             out[key] = {"opponent": other, "criterion": criterion, "judge": self.spec(f"judge:{criterion}"),
                         "path": res.path, "win_rate": w, "low": lo, "high": hi, "judged": len(ms),
                         "wins": sum(m.winner == "a" for m in ms), "losses": sum(m.winner == "b" for m in ms),
@@ -550,13 +536,6 @@ def _run_sections(ev: "Evaluation", seed: int, fresh: bool, sections: list[str] 
     write_status(ev.stage, status.model_copy(update={"state": "done", "done": len(todo), "finished": time.time()}))
     return shown
 
-
-
-def min_detectable_difference(n: int, p: float = 0.5, alpha: float = 0.05, power: float = 0.8) -> float:
-    """The smallest difference of two shares (n answers each) that a two-sided test at `alpha` finds with
-    `power`, at base rate p (0.5 is the worst case): (z_{1-alpha/2} + z_power) * sqrt(2 p (1 - p) / n)."""
-    from scipy.stats import norm
-    return float((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * (2 * p * (1 - p) / max(1, n)) ** 0.5)
 
 
 def robustness_warning(classifier: dict | None) -> str:

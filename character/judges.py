@@ -25,6 +25,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from .inference.structured import StructuredFailure, generate_structured_batch
+from .stats import wilson
 from .types import Conversation, SamplingParams
 
 Path_ = Literal["labels", "text"]
@@ -118,17 +119,6 @@ def calibrate(criterion: str, judge_name: str, path: str, outcomes: list[float],
                        low=low, high=high,
                        first_slot=sum(first_slot) / len(first_slot) if first_slot else None,
                        failures=failures, passed=low > 0.5, note=note)
-
-
-def wilson(successes: float, n: int, level: float = 0.95) -> tuple[float, float]:
-    """Wilson score interval of a proportion. `successes` may be fractional (a tie counts half), which
-    scipy's binomtest does not take; the formula is the same."""
-    from scipy.stats import norm
-    z = float(norm.ppf(1 - (1 - level) / 2))
-    p = successes / n
-    centre = (p + z * z / (2 * n)) / (1 + z * z / n)
-    half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
-    return max(0.0, centre - half), min(1.0, centre + half)
 
 
 def outcome(p_good: float | None) -> float:

