@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 import time
+from html import escape
 from pathlib import Path
 
 from .runs import read_json, read_status, shown_state
@@ -91,48 +92,65 @@ def persona_of_pairs(rdir: Path) -> dict | None:
             "above": sum(p.persona_chosen > p.persona_rejected for p in pairs) / n}
 
 
-def run_summary(rdir: Path, timings: dict | None = None) -> str:
-    timings = timings or {}
-    lines = [f"run: {rdir}", "", f"{'stage':11} {'state':11} {'rows':>6}  {'time':>6}  output"]
-    for stage, out in STAGE_FILES.items():
-        st = read_status(rdir / stage)
-        if not st:
-            lines.append(f"{stage:11} {'-':11} {'':>6}  {'':>6}")
-            continue
-        secs = timings.get(stage)
-        secs = secs if secs is not None else ((st.finished or 0) - (st.started or 0) if st.finished else None)
-        extra = ""
-        if st.filtered:
-            extra += "  filtered " + ", ".join(f"{k}={v}" for k, v in st.filtered.items())
-        if st.counts:
-            extra += "  " + ", ".join(f"{k}={v}" for k, v in st.counts.items())
-        if st.failed:
-            extra += f"  failed={st.failed}"
-        lines.append(f"{stage:11} {shown_state(rdir, st):11} {st.done:>6}  {(f'{secs:.0f}s' if secs else ''):>6}  "
-                     f"{rdir / stage / out}{extra}")
-        if st.error:
-            lines.append(f"{'':11} error: {st.error}")
-        if st.warning:
-            lines.append(f"{'':11} warning: {st.warning}")
-        if (rdir / stage / "curves.png").exists():
-            lines.append(f"{'':11} curves: {rdir / stage / 'curves.png'}")
+def _stage_extra(st) -> str:
+    """Filtered and counted rows and failures of a stage, as the summary line's tail."""
+    extra = ""
+    if st.filtered:
+        extra += "  filtered " + ", ".join(f"{k}={v}" for k, v in st.filtered.items())
+    if st.counts:
+        extra += "  " + ", ".join(f"{k}={v}" for k, v in st.counts.items())
+    if st.failed:
+        extra += f"  failed={st.failed}"
+    return extra
+
+
+def _stage_lines(rdir: Path, stage: str, out: str, timings: dict) -> list[str]:
+    """A stage's summary line, then its error, warning and training curves where there are any."""
+    st = read_status(rdir / stage)
+    if not st:
+        return [f"{stage:11} {'-':11} {'':>6}  {'':>6}"]
+    secs = timings.get(stage)
+    secs = secs if secs is not None else ((st.finished or 0) - (st.started or 0) if st.finished else None)
+    lines = [(f"{stage:11} {shown_state(rdir, st):11} {st.done:>6}  {(f'{secs:.0f}s' if secs else ''):>6}  "
+              f"{rdir / stage / out}{_stage_extra(st)}")]
+    if st.error:
+        lines.append(f"{'':11} error: {st.error}")
+    if st.warning:
+        lines.append(f"{'':11} warning: {st.warning}")
+    if (rdir / stage / "curves.png").exists():
+        lines.append(f"{'':11} curves: {rdir / stage / 'curves.png'}")
+    return lines
+
+
+def _character_check_lines(rdir: Path) -> list[str]:
+    """The persona score of the pairs and the DPO/SFT checkpoint metrics, where recorded."""
+    lines = []
     p = persona_of_pairs(rdir)
     if p:
-        lines += ["", f"persona score of the pairs (nats/token the constitution adds, base model): teacher "
-                  f"{p['chosen']:+.3f}, student {p['rejected']:+.3f}; teacher above student in {p['above']:.0%} of "
-                  f"{p['n']} pairs"]
+        lines += ["", (f"persona score of the pairs (nats/token the constitution adds, base model): teacher "
+                       f"{p['chosen']:+.3f}, student {p['rejected']:+.3f}; teacher above student in "
+                       f"{p['above']:.0%} of {p['n']} pairs")]
     m = checkpoint_metrics(rdir, "dpo")
     if m:
         lines += ["", "character check (held-out pairs, no system prompt):"]
         if "reward_accuracy" in m:
             lines.append(f"  DPO reward accuracy {m['reward_accuracy']:.2f}, margin {m['reward_margin']:.3f} "
                          f"on {int(m['heldout_pairs'])} held-out pairs")
-            lines.append(f"  mean log-prob per token of in-character answers: base {m['chosen_logp_per_token_base']:.3f}"
-                         f" -> trained {m['chosen_logp_per_token_trained']:.3f}")
+            lines.append(f"  mean log-prob per token of in-character answers: base "
+                         f"{m['chosen_logp_per_token_base']:.3f} -> trained {m['chosen_logp_per_token_trained']:.3f}")
         lines.append(f"  DPO loss {m.get('loss_first', float('nan')):.3f} -> {m.get('loss_last', float('nan')):.3f}")
     s = checkpoint_metrics(rdir, "sft")
     if s:
         lines.append(f"  SFT loss {s.get('loss_first', float('nan')):.3f} -> {s.get('loss_last', float('nan')):.3f}")
+    return lines
+
+
+def run_summary(rdir: Path, timings: dict | None = None) -> str:
+    timings = timings or {}
+    lines = [f"run: {rdir}", "", f"{'stage':11} {'state':11} {'rows':>6}  {'time':>6}  output"]
+    for stage, out in STAGE_FILES.items():
+        lines += _stage_lines(rdir, stage, out, timings)
+    lines += _character_check_lines(rdir)
     if (rdir / "merge" / "model").exists():
         lines += ["", f"chat with it:  character chat {rdir.name} --compare base"]
     return "\n".join(lines)
@@ -163,6 +181,9 @@ def plot_training(rdir: Path, kind: str) -> Path | None:
 
 
 # ---- the report card ---------------------------------------------------------------------------
+
+Table = tuple[str, list[str], list[list[str]]]  # (title, header, rows): every cell is text
+
 
 def eval_summary(rdir: Path) -> dict:
     """The run's evaluation log (evallog.EvalLog, validated) as the tables and charts read it."""
@@ -205,127 +226,187 @@ def _titled(title: str, cals: list, judges: list[str] | None = None) -> str:
     return f"{title} - judge {names}: {passed} of {len(cals)} criteria passed calibration"
 
 
-def report_tables(runs: list[Path]) -> list[tuple[str, list[str], list[list[str]]]]:
+def _rows(columns: list[dict | None], labels: list[str] | None = None) -> list[list[str]]:
+    """One row per label (by default the first run's), one cell per run: its column's value, or "n/a" where
+    a run has no such section (column None) or no such row."""
+    if labels is None:
+        labels = list(next((c for c in columns if c), {}))
+    return [[label] + [c.get(label, "n/a") if c else "n/a" for c in columns] for label in labels]
+
+
+def _loss(m: dict) -> str:
+    return f"{_fmt(m.get('loss_first'), '.3f')} -> {_fmt(m.get('loss_last'), '.3f')}"
+
+
+def _runs_table(runs: list[Path], sums: list[dict]) -> Table:
+    """Judge, base model and training losses of every run."""
+    cols = [{"judge": s.get("judge", "n/a"), "base model": s.get("base", "n/a"),
+             "DPO loss first -> last": _loss(checkpoint_metrics(r, "dpo")),
+             "SFT loss first -> last": _loss(checkpoint_metrics(r, "sft")),
+             "DPO held-out reward accuracy": _fmt(checkpoint_metrics(r, "dpo").get("reward_accuracy"))}
+            for r, s in zip(runs, sums)]
+    return "Runs", ["", *[r.name for r in runs]], _rows(cols)
+
+
+def _classifier_column(c: dict) -> dict:
+    return {"accuracy, linear (95% Wilson interval)": _ci(c, "accuracy"),
+            "accuracy, fine-tuned encoder": _ci(c["finetuned"], "accuracy") if c.get("finetuned") else "n/a",
+            "macro-F1": _fmt(c.get("macro_f1")), "rows": str(c.get("heldout_rows", "n/a")),
+            "confusion (true in/out x predicted in/out)": str(c.get("confusion", "n/a"))}
+
+
+def _likelihood_column(lk: dict) -> dict:
+    col = {"character likelihood gain (nats/token)": _ci(lk, "gain_per_token", "+.3f")}
+    for kind in ("in_character", "plain"):
+        for m in ("base", "trained"):
+            col[f"perplexity, held-out {kind} answers, {m}"] = _fmt(lk["perplexity"][kind][m]["perplexity"])
+    return col
+
+
+def _retention_column(ret: dict) -> dict:
+    """Strict and loose instruction-following accuracy per method; "n/a" where no method was checked."""
+    methods = ret.get("methods")
+    col = {f"{m}, {mode}": _ci(methods[m][mode], "accuracy") if methods else "n/a"
+           for m in ("base", "prompted", "trained") for mode in ("strict", "loose")}
+    for mode in ("strict", "loose"):
+        col[f"trained minus base, {mode}"] = (_ci(ret[f"trained_minus_base_{mode}"], "difference", "+.2f")
+                                              if methods else "n/a")
+    col["prompts"] = str(ret.get("prompts", "n/a"))
+    return col
+
+
+def _judge_free_tables(names: list[str], sums: list[dict]) -> list[Table]:
+    """Classifier, likelihood and capability retention: the sections no LLM judge scores."""
+    out = []
+    if any("classifier" in s for s in sums):
+        out.append(("Persona classifier (held-out teacher vs student answers)", ["", *names],
+                    _rows([_classifier_column(s.get("classifier", {})) for s in sums])))
+    if any("likelihood" in s for s in sums):
+        out.append(("Likelihood (no judge)", ["", *names],
+                    _rows([_likelihood_column(s["likelihood"]) if "likelihood" in s else None for s in sums])))
+    if any(s.get("retention", {}).get("methods") for s in sums):
+        out.append((("Capability retention: instruction following with checkable constraints (IFEval checkers, "
+                     "no judge)"), ["", *names], _rows([_retention_column(s.get("retention", {})) for s in sums])))
+    return out
+
+
+_MDE = "minimum detectable difference, trained vs base (80% power, 5% level)"
+
+
+def _robustness_tables(names: list[str], sums: list[dict]) -> list[Table]:
+    """In-character shares per method and attack, and the persona scores of the same answers."""
+    if not any("robustness" in s for s in sums):
+        return []
+    keys = sorted({k for s in sums for k in s.get("robustness", {})},
+                  key=lambda k: (k.split("|")[0], k.split("|")[1] != "none", k))
+    labels = [k.replace("|", " / ") for k in keys]
+    from .evaluate import min_detectable_difference, robustness_warning
+    cols = []
+    for s in sums:
+        rob = s.get("robustness", {})
+        mde = (f"{min_detectable_difference(rob['trained|none']['n']):.2f} (n={rob['trained|none']['n']} per method)"
+               if "trained|none" in rob else "n/a")
+        cols.append({"classifier check": robustness_warning(s.get("classifier")) or "held-out accuracy at least 0.8",
+                     _MDE: mde}
+                    | {label: _ci(rob[k], "in_character", "+.2f" if k.startswith("trained-base") else ".2f")
+                       for k, label in zip(keys, labels) if k in rob})
+    out = [(("Robustness: share of answers called in character (95% interval; trained-base rows: trained "
+             "minus base on the same prompts)"), ["method / attack", *names],
+            _rows(cols, ["classifier check", _MDE, *labels]))]
+    if any(v.get("persona") is not None for s in sums for v in s.get("robustness", {}).values()):
+        from .evaluate import _ci_persona
+        cols = [{label: _ci_persona(s["robustness"][k]) for k, label in zip(keys, labels)
+                 if k in s.get("robustness", {})} for s in sums]
+        out.append((("Persona score: how much the constitution explains each answer, under the base model "
+                     "(judge-free, mean nats/token, 95% interval; above 0 = in character)"),
+                    ["method / attack", *names], _rows(cols, labels)))
+    return out
+
+
+_PREFERENCE_RESULTS = ("traits with enough matches (base and trained)", "rose most", "fell most",
+                       "constitution's trait words", "their mean rating change")
+
+
+def _preference_results(p: dict) -> list[str]:
+    """The judged rows of the preferences table (_PREFERENCE_RESULTS), before the calibration gate."""
+    mv, words = p["movers"], p["constitution_traits"]
+    return [f"{mv.get('eligible', 'n/a')} of {mv.get('rated', 'n/a')} (minimum {mv.get('min_matches', 1)})",
+            ", ".join(_mover(p, t, d) for t, d in mv["up"]) or "none",
+            ", ".join(_mover(p, t, d) for t, d in mv["down"]) or "none",
+            ", ".join(words["words"]) or "none", _fmt(words["mean_delta"], "+.0f")]
+
+
+def _preference_counts(p: dict, cal) -> dict:
+    """One run's revealed-preference bookkeeping: judge, calibration, matches, failures, position bias."""
+    return {"judge": p["judge"], "judge calibration (known trait answers)": cal.headline if cal else "n/a",
+            "matches (base / trained)": f"{p['matches'].get('base')} / {p['matches'].get('trained')}",
+            "judge failures (base / trained)": f"{p['judge_failures'].get('base')} / "
+                                               f"{p['judge_failures'].get('trained')}",
+            "answers judged 'neither'": f"{p['neither'].get('base')} / {p['neither'].get('trained')}",
+            "judge's first-slot share (0.5 = no position bias)": _fmt(p.get("judge_position_bias"))}
+
+
+def _preferences_tables(names: list[str], sums: list[dict]) -> list[Table]:
+    """Revealed trait preferences: the ratings' movers are shown only where the judge passed calibration."""
+    if not any("preferences" in s for s in sums):
+        return []
+    from .judges import calibration_of, judged
+    cals = [calibration_of(s["preferences"]) if "preferences" in s else None for s in sums]
+    cols = []
+    for s, c in zip(sums, cals):
+        if "preferences" not in s:
+            cols.append(None)
+            continue
+        results = ([judged(c, v) for v in _preference_results(s["preferences"])] if c
+                   else ["n/a"] * len(_PREFERENCE_RESULTS))
+        cols.append(_preference_counts(s["preferences"], c) | dict(zip(_PREFERENCE_RESULTS, results)))
+    return [(_titled("Revealed trait preferences (Bradley-Terry, 1000 = average)", cals), ["", *names], _rows(cols))]
+
+
+_JUDGED = ("character", "coherence", "rubric", "persona_consistency", "helpfulness", "safety")
+_WIN_CRITERION = {"coherence": "coherence", "pairwise": "character"}
+
+
+def _judges_column(j: dict, vs: dict) -> dict:
+    """One run's LLM judges: each criterion's calibration, then win rates and 1-5 scores, gated by it.
+    vs: the win-rate rows' labels (they name the first run's opponents)."""
+    from .judges import calibration_of, judged
+    col = {f"calibration: {c}": (x.headline if (x := calibration_of(j, c)) else "n/a") for c in _JUDGED}
+    for key in ("coherence", "pairwise"):
+        w = j[key]
+        col[vs[key]] = judged(calibration_of(j, _WIN_CRITERION[key]), _ci(w, "win_rate") +
+                              f" W{w['wins']}/L{w['losses']}/T{w['ties']}, {w['failures']} failed")
+    for m in ("base", "trained"):
+        col[f"trait rubric mean (1-5), {m}"] = judged(
+            calibration_of(j, "rubric"), f"{_fmt(j['rubric'][m]['mean'])} ({j['rubric'][m]['failures']} failed)")
+    for m in ("base", "trained"):
+        for ev in ("persona_consistency", "helpfulness", "safety"):
+            col[f"{ev} (1-5), {m}"] = judged(calibration_of(j, ev),
+                                              _fmt(j["evaluators"][m]["per_evaluator"].get(ev, {}).get("mean")))
+    return col
+
+
+def _judges_tables(names: list[str], sums: list[dict]) -> list[Table]:
+    if not any("judges" in s for s in sums):
+        return []
+    from .judges import calibration_of
+    cals = [calibration_of(s["judges"], c) for c in _JUDGED for s in sums if "judges" in s]
+    vs = {key: f"{key}: trained win rate vs {sums[0].get('judges', {}).get(key, {}).get('opponent', '')}"
+          for key in ("coherence", "pairwise")}
+    cols = [_judges_column(s["judges"], vs) if "judges" in s else None for s in sums]
+    return [(_titled("LLM judges", [c for c in cals if c]), ["", *names], _rows(cols))]
+
+
+def report_tables(runs: list[Path]) -> list[Table]:
     """(title, header, rows) for every section; one column per run. The markdown report and the
     studio read these."""
     names = [r.name for r in runs]
     sums = [eval_summary(r) for r in runs]
-    out = []
-    rows = [["judge"] + [s.get("judge", "n/a") for s in sums], ["base model"] + [s.get("base", "n/a") for s in sums]]
-    for kind in ("dpo", "sft"):
-        metrics = [checkpoint_metrics(r, kind) for r in runs]
-        rows.append([f"{kind.upper()} loss first -> last"] + [
-            f"{_fmt(m.get('loss_first'), '.3f')} -> {_fmt(m.get('loss_last'), '.3f')}" for m in metrics])
-    rows.append(["DPO held-out reward accuracy"] + [_fmt(checkpoint_metrics(r, "dpo").get("reward_accuracy"))
-                                                     for r in runs])
-    out.append(("Runs", ["", *names], rows))
-    if any("classifier" in s for s in sums):
-        out.append(("Persona classifier (held-out teacher vs student answers)", ["", *names], [
-            ["accuracy, linear (95% Wilson interval)"] + [_ci(s.get("classifier", {}), "accuracy") for s in sums],
-            ["accuracy, fine-tuned encoder"] + [_ci(s["classifier"]["finetuned"], "accuracy")
-                                                if s.get("classifier", {}).get("finetuned") else "n/a" for s in sums],
-            ["macro-F1"] + [_fmt(s.get("classifier", {}).get("macro_f1")) for s in sums],
-            ["rows"] + [str(s.get("classifier", {}).get("heldout_rows", "n/a")) for s in sums],
-            ["confusion (true in/out x predicted in/out)"] + [str(s.get("classifier", {}).get("confusion", "n/a"))
-                                                              for s in sums]]))
-    if any("likelihood" in s for s in sums):
-        rows = [["character likelihood gain (nats/token)"] + [_ci(s["likelihood"], "gain_per_token", "+.3f")
-                                                             if "likelihood" in s else "n/a" for s in sums]]
-        for kind in ("in_character", "plain"):
-            for m in ("base", "trained"):
-                rows.append([f"perplexity, held-out {kind} answers, {m}"] + [
-                    _fmt(s["likelihood"]["perplexity"][kind][m]["perplexity"]) if "likelihood" in s else "n/a"
-                    for s in sums])
-        out.append(("Likelihood (no judge)", ["", *names], rows))
-    if any(s.get("retention", {}).get("methods") for s in sums):
-        rows = []
-        for m in ("base", "prompted", "trained"):
-            for mode in ("strict", "loose"):
-                rows.append([f"{m}, {mode}"] + [_ci(s["retention"]["methods"][m][mode], "accuracy")
-                                                if s.get("retention", {}).get("methods") else "n/a" for s in sums])
-        for mode in ("strict", "loose"):
-            rows.append([f"trained minus base, {mode}"] + [
-                _ci(s["retention"][f"trained_minus_base_{mode}"], "difference", "+.2f")
-                if s.get("retention", {}).get("methods") else "n/a" for s in sums])
-        rows.append(["prompts"] + [str(s.get("retention", {}).get("prompts", "n/a")) for s in sums])
-        out.append(("Capability retention: instruction following with checkable constraints (IFEval checkers, "
-                    "no judge)", ["", *names], rows))
-    if any("robustness" in s for s in sums):
-        keys = sorted({k for s in sums for k in s.get("robustness", {})},
-                      key=lambda k: (k.split("|")[0], k.split("|")[1] != "none", k))
-        from .evaluate import min_detectable_difference, robustness_warning
-        warn = [robustness_warning(s.get("classifier")) for s in sums]
-        mde = [f"{min_detectable_difference(s['robustness']['trained|none']['n']):.2f} "
-               f"(n={s['robustness']['trained|none']['n']} per method)"
-               if "trained|none" in s.get("robustness", {}) else "n/a" for s in sums]
-        out.append(("Robustness: share of answers called in character (95% interval; trained-base rows: trained "
-                    "minus base on the same prompts)", ["method / attack", *names],
-                    ([["classifier check"] + [w or "held-out accuracy at least 0.8" for w in warn],
-                      ["minimum detectable difference, trained vs base (80% power, 5% level)"] + mde]) + [
-                     [k.replace("|", " / ")] + [_ci(s["robustness"][k], "in_character",
-                                                    "+.2f" if k.startswith("trained-base") else ".2f")
-                                                if k in s.get("robustness", {}) else "n/a"
-                                                for s in sums] for k in keys]))
-        if any(v.get("persona") is not None for s in sums for v in s.get("robustness", {}).values()):
-            from .evaluate import _ci_persona
-            out.append(("Persona score: how much the constitution explains each answer, under the base model "
-                        "(judge-free, mean nats/token, 95% interval; above 0 = in character)", ["method / attack", *names],
-                        [[k.replace("|", " / ")] + [_ci_persona(s["robustness"][k]) if k in s.get("robustness", {})
-                                                    else "n/a" for s in sums] for k in keys]))
-    if any("preferences" in s for s in sums):
-        from .judges import calibration_of, judged
-        cals = [calibration_of(s["preferences"]) if "preferences" in s else None for s in sums]
-        rows = [["judge"] + [s["preferences"]["judge"] if "preferences" in s else "n/a" for s in sums],
-                ["judge calibration (known trait answers)"] + [c.headline if c else "n/a" for c in cals]]
-        for label, fn in (
-                ("matches (base / trained)", lambda p: f"{p['matches'].get('base')} / {p['matches'].get('trained')}"),
-                ("judge failures (base / trained)", lambda p: f"{p['judge_failures'].get('base')} / "
-                                                              f"{p['judge_failures'].get('trained')}"),
-                ("answers judged 'neither'", lambda p: f"{p['neither'].get('base')} / {p['neither'].get('trained')}"),
-                ("judge's first-slot share (0.5 = no position bias)", lambda p: _fmt(p.get("judge_position_bias")))):
-            rows.append([label] + [fn(s["preferences"]) if "preferences" in s else "n/a" for s in sums])
-        for label, fn in (
-                ("traits with enough matches (base and trained)",
-                 lambda p: f"{p['movers'].get('eligible', 'n/a')} of {p['movers'].get('rated', 'n/a')} "
-                           f"(minimum {p['movers'].get('min_matches', 1)})"),
-                ("rose most", lambda p: ", ".join(_mover(p, t, d) for t, d in p["movers"]["up"]) or "none"),
-                ("fell most", lambda p: ", ".join(_mover(p, t, d) for t, d in p["movers"]["down"]) or "none"),
-                ("constitution's trait words", lambda p: ", ".join(p["constitution_traits"]["words"]) or "none"),
-                ("their mean rating change", lambda p: _fmt(p["constitution_traits"]["mean_delta"], "+.0f"))):
-            rows.append([label] + [judged(c, fn(s["preferences"])) if c else "n/a" for s, c in zip(sums, cals)])
-        out.append((_titled("Revealed trait preferences (Bradley-Terry, 1000 = average)", cals), ["", *names], rows))
-    if any("judges" in s for s in sums):
-        from .judges import calibration_of, judged
-        rows = []
-        crit = {"coherence": "coherence", "pairwise": "character"}
-        all_cals = []
-        for c in ("character", "coherence", "rubric", "persona_consistency", "helpfulness", "safety"):
-            cals = [calibration_of(s["judges"], c) if "judges" in s else None for s in sums]
-            all_cals += cals
-            rows.append([f"calibration: {c}"] + [x.headline if x else "n/a" for x in cals])
-        for key in ("coherence", "pairwise"):
-            rows.append([f"{key}: trained win rate vs {sums[0].get('judges', {}).get(key, {}).get('opponent', '')}"] + [
-                judged(calibration_of(s["judges"], crit[key]),
-                       _ci(s["judges"][key], "win_rate") + f" W{s['judges'][key]['wins']}/L{s['judges'][key]['losses']}/"
-                       f"T{s['judges'][key]['ties']}, {s['judges'][key]['failures']} failed")
-                if "judges" in s else "n/a" for s in sums])
-        for m in ("base", "trained"):
-            rows.append([f"trait rubric mean (1-5), {m}"] + [
-                judged(calibration_of(s["judges"], "rubric"),
-                       f"{_fmt(s['judges']['rubric'][m]['mean'])} ({s['judges']['rubric'][m]['failures']} failed)")
-                if "judges" in s else "n/a" for s in sums])
-        for m in ("base", "trained"):
-            for ev in ("persona_consistency", "helpfulness", "safety"):
-                rows.append([f"{ev} (1-5), {m}"] + [
-                    judged(calibration_of(s["judges"], ev),
-                           _fmt(s["judges"]["evaluators"][m]["per_evaluator"].get(ev, {}).get("mean")))
-                    if "judges" in s else "n/a" for s in sums])
-        out.append((_titled("LLM judges", [c for c in all_cals if c]), ["", *names], rows))
-    out += behavior_tables(runs)
-    return out
+    return [_runs_table(runs, sums), *_judge_free_tables(names, sums), *_robustness_tables(names, sums),
+            *_preferences_tables(names, sums), *_judges_tables(names, sums), *behavior_tables(runs)]
 
 
-def behavior_tables(runs: list[Path]) -> list[tuple[str, list[str], list[list[str]]]]:
+def behavior_tables(runs: list[Path]) -> list[Table]:
     """One table per behaviour evaluation that had one of these runs' trained model as a target: every
     target of it (e.g. trained, base, prompted base) on the same scenarios, gated by the judge's calibration."""
     from .behaviors import summaries_for_run
@@ -347,31 +428,28 @@ def behavior_tables(runs: list[Path]) -> list[tuple[str, list[str], list[list[st
     return out
 
 
-def _markdown(tables, runs: list[Path]) -> str:
-    lines = ["# Report card: " + ", ".join(r.name for r in runs), "",
-             "Read from the run folders (`character eval run` made the numbers). Intervals are 95% bootstrap "
-             "percentile intervals; judge calibration intervals are Wilson 95% intervals. Each judged section "
-             "names its judge and how it did on known pairs from the run's own data; a criterion whose "
-             "calibration did not clear chance is shown as \"no signal\", never as a result.", ""]
-    for title, header, rows in tables:
-        lines += [f"## {title}", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
-        lines += ["| " + " | ".join(c.replace("|", "/") for c in row) + " |" for row in rows]
-        lines.append("")
-    return "\n".join(lines)
+# ---- the figures: one function per chart, each None when it has nothing to draw --------------------
+
+_METHODS = ("base", "prompted", "trained", "trained+prompted")
+_TRAINING_KEYS = (("dpo", ("loss", "rewards/margins", "rewards/accuracies")), ("sft", ("loss",)))
 
 
-def report_figures(runs: list[Path]) -> list[tuple[str, object]]:
-    """Plotly figures: trait rating deltas, robustness, judges, training curves."""
-    try:
-        import plotly.graph_objects as go
-    except ImportError:
-        from .errors import MissingDependencyError
-        raise MissingDependencyError("report.html needs plotly; run: pip install -e '.[studio]'") from None
+def _error_bars(vals: list[dict], key: str, low: str = "low", high: str = "high") -> dict:
+    """Plotly's asymmetric error bars from each value's interval."""
+    return {"type": "data", "symmetric": False, "array": [v[high] - v[key] for v in vals],
+            "arrayminus": [v[key] - v[low] for v in vals]}
+
+
+def _attacks(rob: dict) -> list[str]:
+    """The attacks of 'method|attack' keys, no attack first."""
+    return sorted({k.split("|")[1] for k in rob}, key=lambda a: (a != "none", a))
+
+
+def _preferences_figure(sums: list[tuple[str, dict]], multi: bool):
+    """Base and trained ratings of the biggest movers and the constitution's trait words, with intervals."""
+    import plotly.graph_objects as go
+
     from .judges import calibration_of
-    figs = []
-    multi = len(runs) > 1
-    sums = [(r.name, eval_summary(r)) for r in runs]
-
     fig = go.Figure()
     for name, s in sums:
         p = s.get("preferences")
@@ -381,93 +459,168 @@ def report_figures(runs: list[Path]) -> list[tuple[str, object]]:
         movers = list(dict.fromkeys(movers + p["constitution_traits"]["words"]))
         movers = [t for t in movers if t in p["ratings"]["base"] and t in p["ratings"]["trained"]]
         for m, color in (("base", "#888"), ("trained", "#c0392b")):
-            rt = p["ratings"][m]
-            fig.add_trace(go.Scatter(
-                x=[rt[t]["rating"] for t in movers], y=movers, mode="markers", name=f"{name}: {m}" if multi else m,
-                marker={"color": color, "size": 9},
-                error_x={"type": "data", "symmetric": False,
-                         "array": [rt[t]["high"] - rt[t]["rating"] for t in movers],
-                         "arrayminus": [rt[t]["rating"] - rt[t]["low"] for t in movers]}))
-    if fig.data:
-        fig.update_layout(title="Trait ratings: biggest movers and the constitution's own trait words "
-                                "(Bradley-Terry, 95% intervals)", xaxis_title="rating (1000 = average trait)",
-                          height=500)
-        figs.append(("preferences", fig))
+            rt = [p["ratings"][m][t] for t in movers]
+            fig.add_trace(go.Scatter(x=[v["rating"] for v in rt], y=movers, mode="markers",
+                                     name=f"{name}: {m}" if multi else m, marker={"color": color, "size": 9},
+                                     error_x=_error_bars(rt, "rating")))
+    if not fig.data:
+        return None
+    fig.update_layout(title="Trait ratings: biggest movers and the constitution's own trait words "
+                            "(Bradley-Terry, 95% intervals)", xaxis_title="rating (1000 = average trait)", height=500)
+    return fig
 
+
+def _robustness_figure(sums: list[tuple[str, dict]], multi: bool):
+    """In-character share per method and attack, with intervals."""
+    import plotly.graph_objects as go
     fig = go.Figure()
     for name, s in sums:
         rob = s.get("robustness")
         if not rob:
             continue
-        attacks = sorted({k.split("|")[1] for k in rob}, key=lambda a: (a != "none", a))
-        for method in ("base", "prompted", "trained", "trained+prompted"):
+        attacks = _attacks(rob)
+        for method in _METHODS:
             vals = [rob.get(f"{method}|{a}") for a in attacks]
-            fig.add_trace(go.Bar(
-                x=attacks, y=[v["in_character"] for v in vals], name=f"{name}: {method}" if multi else method,
-                error_y={"type": "data", "symmetric": False, "array": [v["high"] - v["in_character"] for v in vals],
-                         "arrayminus": [v["in_character"] - v["low"] for v in vals]}))
-    if fig.data:
-        fig.update_layout(barmode="group", title="Robustness: share called in character, per method and attack",
-                          yaxis={"range": [0, 1.05], "title": "in-character share"}, height=420)
-        figs.append(("robustness", fig))
+            fig.add_trace(go.Bar(x=attacks, y=[v["in_character"] for v in vals],
+                                 name=f"{name}: {method}" if multi else method,
+                                 error_y=_error_bars(vals, "in_character")))
+    if not fig.data:
+        return None
+    fig.update_layout(barmode="group", title="Robustness: share called in character, per method and attack",
+                      yaxis={"range": [0, 1.05], "title": "in-character share"}, height=420)
+    return fig
 
+
+def _persona_figure(sums: list[tuple[str, dict]], multi: bool):
+    """Judge-free persona score per method and attack, with intervals (methods with a score for every attack)."""
+    import plotly.graph_objects as go
     fig = go.Figure()
     for name, s in sums:
         rob = s.get("robustness") or {}
-        attacks = sorted({k.split("|")[1] for k in rob}, key=lambda a: (a != "none", a))
-        for method in ("base", "prompted", "trained", "trained+prompted"):
+        attacks = _attacks(rob)
+        for method in _METHODS:
             vals = [rob.get(f"{method}|{a}") or {} for a in attacks]
             if any(v.get("persona") is None for v in vals):
                 continue
-            fig.add_trace(go.Bar(
-                x=attacks, y=[v["persona"] for v in vals], name=f"{name}: {method}" if multi else method,
-                error_y={"type": "data", "symmetric": False, "array": [v["persona_high"] - v["persona"] for v in vals],
-                         "arrayminus": [v["persona"] - v["persona_low"] for v in vals]}))
-    if fig.data:
-        fig.update_layout(barmode="group", title="Persona score (judge-free): nats/token the constitution adds to "
-                          "each answer under the base model", yaxis={"title": "persona score"}, height=420)
-        figs.append(("persona", fig))
+            fig.add_trace(go.Bar(x=attacks, y=[v["persona"] for v in vals],
+                                 name=f"{name}: {method}" if multi else method,
+                                 error_y=_error_bars(vals, "persona", "persona_low", "persona_high")))
+    if not fig.data:
+        return None
+    fig.update_layout(barmode="group", title="Persona score (judge-free): nats/token the constitution adds to "
+                      "each answer under the base model", yaxis={"title": "persona score"}, height=420)
+    return fig
 
+
+def _judge_traces(name: str, j: dict, multi: bool) -> list:
+    """One run's bars: win rates, then base and trained 1-5 scores / 5, of the criteria that passed calibration."""
+    import plotly.graph_objects as go
+
+    from .judges import calibration_of
+    traces = []
+    keys = [k for k, c in (("coherence", "coherence"), ("pairwise", "character")) if calibration_of(j, c).passed]
+    if keys:
+        vals = [j[k] for k in keys]
+        traces.append(go.Bar(x=[f"win rate vs {j[k]['opponent']} ({k})" for k in keys],
+                             y=[v["win_rate"] for v in vals], name=name, error_y=_error_bars(vals, "win_rate")))
+    for m in ("base", "trained"):
+        ev = j["evaluators"][m]["per_evaluator"]
+        xs = (["trait rubric"] if calibration_of(j, "rubric").passed else []) + [
+            k for k in ev if calibration_of(j, k).passed]
+        ys = [j["rubric"][m]["mean"] if x == "trait rubric" else ev[x]["mean"] for x in xs]
+        if xs:
+            traces.append(go.Bar(x=xs, y=[(y or 0) / 5 for y in ys], name=f"{name}: {m} score / 5" if multi
+                                 else f"{m}: score / 5", text=[_fmt(y) for y in ys]))
+    return traces
+
+
+def _judges_figure(sums: list[tuple[str, dict]], multi: bool):
+    """LLM judges that passed calibration: trained win rates and 1-5 scores scaled to 0-1."""
+    import plotly.graph_objects as go
     fig = go.Figure()
     for name, s in sums:
-        j = s.get("judges")
-        if not j:
-            continue
-        keys = [k for k, c in (("coherence", "coherence"), ("pairwise", "character")) if calibration_of(j, c).passed]
-        if keys:
-            vals = [j[k] for k in keys]
-            fig.add_trace(go.Bar(x=[f"win rate vs {j[k]['opponent']} ({k})" for k in keys],
-                                 y=[v["win_rate"] for v in vals], name=name,
-                                 error_y={"type": "data", "symmetric": False,
-                                          "array": [v["high"] - v["win_rate"] for v in vals],
-                                          "arrayminus": [v["win_rate"] - v["low"] for v in vals]}))
-        for m in ("base", "trained"):
-            ev = j["evaluators"][m]["per_evaluator"]
-            xs = (["trait rubric"] if calibration_of(j, "rubric").passed else []) + [
-                k for k in ev if calibration_of(j, k).passed]
-            ys = [j["rubric"][m]["mean"] if x == "trait rubric" else ev[x]["mean"] for x in xs]
-            if xs:
-                fig.add_trace(go.Bar(x=xs, y=[(y or 0) / 5 for y in ys], name=f"{name}: {m} score / 5" if multi
-                                     else f"{m}: score / 5", text=[_fmt(y) for y in ys]))
-    if fig.data:
-        fig.update_layout(barmode="group", title="LLM judges that passed calibration: trained win rates (ties count "
-                                                 "half) and 1-5 scores scaled to 0-1", yaxis={"range": [0, 1.05]},
-                          height=420)
-        figs.append(("judges", fig))
+        if s.get("judges"):
+            fig.add_traces(_judge_traces(name, s["judges"], multi))
+    if not fig.data:
+        return None
+    fig.update_layout(barmode="group", title="LLM judges that passed calibration: trained win rates (ties count "
+                                             "half) and 1-5 scores scaled to 0-1", yaxis={"range": [0, 1.05]},
+                      height=420)
+    return fig
 
-    for kind, keys in (("dpo", ("loss", "rewards/margins", "rewards/accuracies")), ("sft", ("loss",))):
-        fig = go.Figure()
-        for r in runs:
-            rows = [x for x in metric_history(r, kind) if "loss" in x]
-            for key in keys:
-                pts = [(x["step"], x[key]) for x in rows if key in x]
-                if pts:
-                    fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
-                                             name=f"{r.name}: {key}" if multi else key))
-        if fig.data:
-            fig.update_layout(title=f"{kind.upper()} training curves", xaxis_title="step", height=350)
-            figs.append((f"training_{kind}", fig))
-    return figs
+
+def _training_figure(runs: list[Path], kind: str, keys: tuple[str, ...], multi: bool):
+    """A stage's training curves (loss, and for DPO the reward margin and accuracy) per step, every run."""
+    import plotly.graph_objects as go
+    fig = go.Figure()
+    for r in runs:
+        rows = [x for x in metric_history(r, kind) if "loss" in x]
+        for key in keys:
+            pts = [(x["step"], x[key]) for x in rows if key in x]
+            if pts:
+                fig.add_trace(go.Scatter(x=[p[0] for p in pts], y=[p[1] for p in pts], mode="lines+markers",
+                                         name=f"{r.name}: {key}" if multi else key))
+    if not fig.data:
+        return None
+    fig.update_layout(title=f"{kind.upper()} training curves", xaxis_title="step", height=350)
+    return fig
+
+
+def report_figures(runs: list[Path]) -> list[tuple[str, object]]:
+    """Plotly figures: trait rating deltas, robustness, judges, training curves."""
+    try:
+        import plotly.graph_objects  # noqa: F401  (checked once here; each chart imports it)
+    except ImportError:
+        from .errors import MissingDependencyError
+        raise MissingDependencyError("report.html needs plotly; run: pip install -e '.[studio]'") from None
+    multi = len(runs) > 1
+    sums = [(r.name, eval_summary(r)) for r in runs]
+    figs = [("preferences", _preferences_figure(sums, multi)), ("robustness", _robustness_figure(sums, multi)),
+            ("persona", _persona_figure(sums, multi)), ("judges", _judges_figure(sums, multi))]
+    figs += [(f"training_{kind}", _training_figure(runs, kind, keys, multi)) for kind, keys in _TRAINING_KEYS]
+    return [(name, fig) for name, fig in figs if fig is not None]
+
+
+# ---- report.md and report.html: pandas renders the tables ---------------------------------------
+
+_INTRO = ("Read from the run folders (`character eval run` made the numbers). Intervals are 95% bootstrap "
+          "percentile intervals; judge calibration intervals are Wilson 95% intervals. Each judged section "
+          "names its judge and how it did on known pairs from the run's own data; a criterion whose "
+          "calibration did not clear chance is shown as \"no signal\", never as a result.")
+_STYLE = ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+          "margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}</style>")
+
+
+def _frame(header: list[str], rows: list[list[str]]):
+    """A table as a DataFrame: one column per header entry, every cell text."""
+    try:
+        import pandas as pd  # heavy: pandas (`character run` imports this module for its summary)
+    except ImportError:
+        from .errors import MissingDependencyError
+        raise MissingDependencyError("the report card needs pandas; run: pip install -e '.[train]'") from None
+    return pd.DataFrame(rows, columns=header)
+
+
+def _markdown(tables: list[Table], runs: list[Path]) -> str:
+    lines = ["# Report card: " + ", ".join(r.name for r in runs), "", _INTRO, ""]
+    for title, header, rows in tables:
+        # every cell is text: numparse off keeps "0.90" as written ("|" in a cell would split it)
+        table = _frame(header, [[c.replace("|", "/") for c in row] for row in rows])
+        lines += [f"## {title}", "", table.to_markdown(index=False, disable_numparse=True), ""]
+    return "\n".join(lines)
+
+
+def _html(tables: list[Table], figs: list[tuple[str, object]], runs: list[Path]) -> str:
+    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Report card</title>",
+             _STYLE + "</head><body>", f"<h1>Report card: {escape(', '.join(r.name for r in runs))}</h1>"]
+    for i, (name, fig) in enumerate(figs):  # plotly.js once, inline, with the first chart
+        parts.append(f"<div id='fig-{name}'>" + fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0
+                                                            else False) + "</div>")
+    for title, header, rows in tables:
+        parts.append(f"<h2>{escape(title)}</h2>" + _frame(header, rows).to_html(index=False, border=0,
+                                                                                 justify="center"))
+    parts.append("</body></html>")
+    return "\n".join(parts)
 
 
 def write_report(runs: list[Path], out_dir: Path) -> tuple[Path, Path]:
@@ -477,21 +630,5 @@ def write_report(runs: list[Path], out_dir: Path) -> tuple[Path, Path]:
     md = _markdown(tables, runs)
     out_dir.mkdir(parents=True, exist_ok=True)
     write_atomic(out_dir / "report.md", md)
-    import html as _html
-    parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Report card</title>",
-             "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-             "margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}</style></head><body>",
-             f"<h1>Report card: {_html.escape(', '.join(r.name for r in runs))}</h1>"]
-    first = True
-    for name, fig in report_figures(runs):
-        parts.append(f"<div id='fig-{name}'>" + fig.to_html(full_html=False, include_plotlyjs="inline" if first
-                                                            else False) + "</div>")
-        first = False
-    for title, header, rows in tables:
-        parts.append(f"<h2>{_html.escape(title)}</h2><table><tr>" +
-                     "".join(f"<th>{_html.escape(h)}</th>" for h in header) + "</tr>" +
-                     "".join("<tr>" + "".join(f"<td>{_html.escape(c)}</td>" for c in row) + "</tr>" for row in rows)
-                     + "</table>")
-    parts.append("</body></html>")
-    write_atomic(out_dir / "report.html", "\n".join(parts))
+    write_atomic(out_dir / "report.html", _html(tables, report_figures(runs), runs))
     return out_dir / "report.html", out_dir / "report.md"

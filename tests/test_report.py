@@ -4,8 +4,23 @@ several runs go side by side."""
 from __future__ import annotations
 
 import json
+import re
+import sys
+
+import pytest
 
 from character.report import report_tables, write_report
+
+
+def md_rows(text: str) -> list[list[str]]:
+    """The markdown tables' rows (header rows too) as cells, without the padding and the alignment rows."""
+    return [[c.strip() for c in line.strip()[1:-1].split("|")] for line in text.splitlines()
+            if line.startswith("|") and not re.fullmatch(r"\|[\s:|-]*\|", line)]
+
+
+def squashed(text: str) -> str:
+    """report.md with its table cells unpadded: '| trained / none | 0.88 [0.00, 1.00] |'."""
+    return "\n".join("| " + " | ".join(cells) + " |" for cells in md_rows(text)) + "\n" + text
 
 
 def cal(criterion, passed):
@@ -55,7 +70,7 @@ def fixture_run(root, name, in_char, gain, passed=True):
 def test_report_shows_the_fixture_numbers(tmp_path):
     r = fixture_run(tmp_path, "alpha", 0.875, 0.084)
     html, md = write_report([r], tmp_path / "out")
-    text = md.read_text()
+    text = squashed(md.read_text())
     assert "| trained / none | 0.88 [0.00, 1.00] |" in text
     assert "| trained / none | +0.123 [-0.300, +0.200] |" in text  # the persona-score table
     assert "+0.084 [+0.074, +0.094]" in text and "0.93" in text
@@ -71,7 +86,7 @@ def test_report_shows_the_fixture_numbers(tmp_path):
 def test_a_judge_that_failed_calibration_shows_no_signal(tmp_path):
     r = fixture_run(tmp_path, "alpha", 0.875, 0.084, passed=False)
     html, md = write_report([r], tmp_path / "out")
-    text = md.read_text()
+    text = squashed(md.read_text())
     line = "no signal (judge failed calibration: accuracy 0.50 [0.25, 0.75] on 12 known pairs)"
     assert line in text and line in html.read_text()
     # no judged number is shown as a result: win rates, rubric means, ratings movers
@@ -104,7 +119,6 @@ def test_report_of_a_run_without_evaluation(tmp_path):
 
 
 def test_the_eval_log_is_typed_and_flags_validity(tmp_path):
-    import pytest
     from pydantic import ValidationError
 
     from character.evallog import load, validate_section
@@ -119,3 +133,28 @@ def test_the_eval_log_is_typed_and_flags_validity(tmp_path):
     bad["coherence"]["win_rat"] = bad["coherence"].pop("win_rate")
     with pytest.raises(ValidationError):
         validate_section("judges", bad)
+
+
+def test_the_tables_render_cell_for_cell(tmp_path):
+    """report.md and report.html (pandas renders both) carry every cell of report_tables as written:
+    no number re-parsed (the judge's first-slot share '0.90' stays '0.90'), HTML escaped."""
+    a, b = fixture_run(tmp_path, "alpha", 0.875, 0.084), fixture_run(tmp_path, "beta", 0.5, -0.02, passed=False)
+    html, md = write_report([a, b], tmp_path / "out")
+    tables = report_tables([a, b])
+    assert md_rows(md.read_text()) == [[c.replace("|", "/") for c in row] for _, header, rows in tables
+                                       for row in [header, *rows]]
+    assert "| their mean rating change | +50 | no signal" in squashed(md.read_text())
+    page = html.read_text()
+    assert page.count("<table") == len(tables) and "<td>trained / none</td>" in page
+    assert "<td>answers judged 'neither'</td>" in page and "<td>0.50 [0.00, 1.00]</td>" in page
+
+
+def test_the_terminal_summary_and_the_tables_need_no_pandas(tmp_path, monkeypatch):
+    """`character run` prints run_summary from this module without the train extra; only the files need pandas."""
+    from character.errors import MissingDependencyError
+    from character.report import run_summary
+    r = fixture_run(tmp_path, "alpha", 0.875, 0.084)
+    monkeypatch.setitem(sys.modules, "pandas", None)  # import pandas raises ImportError
+    assert run_summary(r).startswith(f"run: {r}") and report_tables([r])[0][0] == "Runs"
+    with pytest.raises(MissingDependencyError, match="pandas"):
+        write_report([r], tmp_path / "out")
