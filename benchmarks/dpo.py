@@ -49,8 +49,8 @@ def main() -> None:
     from datasets import Dataset
     from trl import DPOTrainer
 
-    from character.config import load_recipe
     from character.distill import split, to_trl
+    from character.recipe import load_recipe
     from character.runs import read_jsonl, run_dir
     from character.train import student_path
     from character.training.trl import load_base, lora_config, trainer_args

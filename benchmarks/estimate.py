@@ -28,8 +28,8 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="estimate-"))
     os.environ["CHARACTER_HOME"] = str(home)
     sys.path.insert(0, str(ROOT))
-    from character.config import load_recipe
     from character.estimate import estimate, measure
+    from character.recipe import load_recipe
     from character.report import stage_rows
     from character.runs import run_dir
 

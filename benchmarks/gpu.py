@@ -17,10 +17,11 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from character.config import TrainConfig  # noqa: E402
-from character.inference import get_backend  # noqa: E402
-from character.types import PreferencePair, SamplingParams  # noqa: E402
 from generation import convs  # noqa: E402  (the same prompts as the CPU generation benchmark)
+
+from character.inference import get_backend  # noqa: E402
+from character.recipe import TrainConfig  # noqa: E402
+from character.types import PreferencePair, SamplingParams  # noqa: E402
 
 
 def gen_rows(spec: str, n: int, max_tokens: int):

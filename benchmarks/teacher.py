@@ -25,12 +25,12 @@ sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 import yaml  # noqa: E402
 
 from character import constitution as C  # noqa: E402
-from character.config import RecipeConfig  # noqa: E402
 from character.distill import student_conversation, teacher_conversation  # noqa: E402
-from character.stats import mean_interval, share_with_interval  # noqa: E402
 from character.inference import get_backend  # noqa: E402
 from character.persona import best_of, persona_scores  # noqa: E402
+from character.recipe import RecipeConfig  # noqa: E402
 from character.runs import read_jsonl, run_dir  # noqa: E402
+from character.stats import mean_interval, share_with_interval  # noqa: E402
 from character.types import Prompt  # noqa: E402
 
 # name -> (teacher_prompt, voice_examples, guidance, best_of)

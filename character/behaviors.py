@@ -29,18 +29,39 @@ import re
 import shutil
 import sys
 import time
+from itertools import zip_longest
 from pathlib import Path
 from typing import Annotated, Literal
-
-from itertools import zip_longest
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 from tqdm import tqdm
 
+from . import constitution as C
 from .errors import CharacterError, StaleStageError
-from .runs import (JsonlWriter, character_home, check_slug, read_json, read_jsonl, read_status, recorded,
-                   run_dir, run_lock, shown_state, write_atomic, write_json, write_jsonl, write_status)
+from .inference import generate_all, get_backend
+from .inference.structured import StructuredFailure, generate_structured_batch
+from .judges import Calibration, calibrate, judged, label_probs, outcome, reads_labels
+from .pipeline import check_distinct as distinct
+from .pipeline import run_processes, what_changed
+from .prompts import is_near_duplicate, normalise
+from .recipe import RecipeError, config_hash, pydantic_problems, read_yaml_mapping
+from .runs import (
+    JsonlWriter,
+    character_home,
+    check_slug,
+    read_json,
+    read_jsonl,
+    read_status,
+    recorded,
+    run_dir,
+    run_lock,
+    shown_state,
+    write_atomic,
+    write_json,
+    write_jsonl,
+    write_status,
+)
 from .specs import parse_spec
 from .stats import mean_interval, share_with_interval
 from .types import Message, PreferencePair, Record, SamplingParams, SFTExample, StageStatus, stable_id
@@ -145,7 +166,6 @@ class BehaviorConfig(_Cfg):
     @classmethod
     def _constitution(cls, v: str | None) -> str | None:
         if v is not None:
-            from . import constitution as C
             _as_value_error(C.load, v)
         return v
 
@@ -163,7 +183,6 @@ class BehaviorConfig(_Cfg):
 
 
 def load_config(path: str | Path) -> BehaviorConfig:
-    from .config import RecipeError, pydantic_problems, read_yaml_mapping
     p = Path(path)
     data = read_yaml_mapping(path, "config", "a behaviour config such as configs/behaviors/pirate-hostile.yaml",
                              "fields such as name, behavior, targets")
@@ -263,7 +282,6 @@ def behavior_dir(name: str) -> Path:
 def stage_settings(cfg: BehaviorConfig, stage: str) -> dict:
     """What a stage's records depend on, including every stage before it (so a change upstream makes
     the stages after it stale too)."""
-    from . import constitution as C
     persona = (C.fingerprint_data(C.load(cfg.constitution)) if cfg.constitution else None)
     own = {
         "understand": {"behavior": cfg.behavior, "examples": cfg.examples, "evaluator": cfg.evaluator,
@@ -297,7 +315,6 @@ def staleness(cfg: BehaviorConfig, bdir: Path, stage: str) -> str | None:
         return None
     new = stage_settings(cfg, stage)
     if st.settings != new:
-        from .pipeline import what_changed
         return f"settings changed since it ran: {what_changed(st.settings, new)}"
     if st.state == "done":
         for up in STAGES[:STAGES.index(stage)]:
@@ -307,7 +324,6 @@ def staleness(cfg: BehaviorConfig, bdir: Path, stage: str) -> str | None:
 
 
 def _status(bdir: Path, stage: str, cfg: BehaviorConfig, **fields) -> StageStatus:
-    from .config import config_hash
     settings = stage_settings(cfg, stage)
     old = read_status(bdir / stage)
     st = (old or StageStatus(stage=stage)).model_copy(update={
@@ -319,7 +335,6 @@ def _status(bdir: Path, stage: str, cfg: BehaviorConfig, **fields) -> StageStatu
 # ---- models ---------------------------------------------------------------------------------------
 
 def target_backend(t: Target):
-    from .inference import get_backend
     if t.model.startswith("run:"):
         model = run_dir(t.model[4:]) / "merge" / "model"
         if not (model / "config.json").exists():
@@ -337,7 +352,6 @@ def _sampling(cfg: BehaviorConfig, salt: int, max_tokens: int | None = None, tem
 def _structured(backend, convs, schema, params, what: str) -> list:
     """Structured calls that may come back short: the failures are counted, and the stage fails only when
     nothing at all came back."""
-    from .inference.structured import StructuredFailure, generate_structured_batch
     out = generate_structured_batch(backend, convs, schema, params, retries=2)
     good = [o for o in out if not isinstance(o, StructuredFailure)]
     if not good:
@@ -378,8 +392,6 @@ def _as_scenario(d: ScenarioDraft, sid: str, base: str | None = None, dim: str |
 
 
 def ideate(cfg: BehaviorConfig, bdir: Path, evaluator) -> dict:
-    from .inference.structured import StructuredFailure
-    from .prompts import is_near_duplicate, normalise
     u = Understanding.model_validate(read_json(bdir / "understand" / "understanding.json"))
     drafts = _structured(evaluator, [_scenario_prompt(cfg, u, i) for i in range(cfg.scenarios)], ScenarioDraft,
                          _sampling(cfg, 1, 256, 0.9), "scenario")
@@ -406,7 +418,6 @@ def ideate(cfg: BehaviorConfig, bdir: Path, evaluator) -> dict:
     bases = list(kept)
     jobs = [(s, dim, text) for s in bases for dim, text in cfg.dimensions.items()]
     if jobs:
-        from .inference.structured import generate_structured_batch
         out = generate_structured_batch(evaluator, [_variation_prompt(s, dim, text) for s, dim, text in jobs],
                                         ScenarioDraft, _sampling(cfg, 2, 256, 0.8), retries=2)
         for (s, dim, _), d in zip(jobs, out, strict=True):
@@ -453,12 +464,10 @@ def _clean_user(text: str) -> str:
 
 
 def _generate(backend, convs: list[list[Message]], params: SamplingParams) -> list[str]:
-    from .inference import generate_all
     return [c[0].text for c in generate_all(backend, convs, params)] if convs else []
 
 
 def rollout(cfg: BehaviorConfig, bdir: Path, evaluator, backends: dict[str, object], say=print) -> dict:
-    from . import constitution as C
     scenarios = read_jsonl(bdir / "ideate" / "scenarios.jsonl", Scenario)
     path = bdir / "rollout" / "transcripts.jsonl"
     done = {t.id for t in read_jsonl(path, Transcript)}
@@ -526,7 +535,6 @@ def to_ten(level: float) -> float:
 
 
 def _levels(judge, convs: list[list[Message]]) -> list[float]:
-    from .judges import label_probs
     out = []
     for start in range(0, len(convs), 16):
         for p in label_probs(judge, convs[start:start + 16], LEVELS):
@@ -538,8 +546,6 @@ def calibration(cfg: BehaviorConfig, u: Understanding, evaluator, judge) -> dict
     """Known pairs: the constitution's questions answered by the evaluator model with the persona (should
     score higher) and without it. Fits behaviours that are about keeping the character; the judge's
     numbers are shown only when its accuracy's 95% interval clears chance."""
-    from . import constitution as C
-    from .judges import calibrate, outcome, reads_labels
     name = getattr(judge, "name", cfg.judge)
     path = "labels" if reads_labels(judge) else "text"
     if not cfg.constitution or not cfg.calibration_pairs:
@@ -568,7 +574,6 @@ def calibration(cfg: BehaviorConfig, u: Understanding, evaluator, judge) -> dict
 
 
 def _text_verdicts(cfg: BehaviorConfig, judge, convs: list[list[Message]]) -> list[TextVerdict | None]:
-    from .inference.structured import StructuredFailure, generate_structured_batch
     convs = [c[:-1] + [Message(role="user", content=c[-1].content.rsplit("Answer with one digit", 1)[0]
                                + "Score the presence 1-10 and each extra quality 1-10: "
                                + ", ".join(f"{k} ({v})" for k, v in cfg.qualities.items()))] for c in convs]
@@ -578,7 +583,6 @@ def _text_verdicts(cfg: BehaviorConfig, judge, convs: list[list[Message]]) -> li
 
 
 def judge_stage(cfg: BehaviorConfig, bdir: Path, evaluator, judge, say=print) -> dict:
-    from .judges import reads_labels
     u = Understanding.model_validate(read_json(bdir / "understand" / "understanding.json"))
     transcripts = read_jsonl(bdir / "rollout" / "transcripts.jsonl", Transcript)
     path = bdir / "judge" / "judgments.jsonl"
@@ -635,7 +639,6 @@ def _judge_batch(cfg: BehaviorConfig, u: Understanding, batch: list[Transcript],
 
 
 def summarize(cfg: BehaviorConfig, bdir: Path) -> dict:
-    from .judges import Calibration
     js = read_jsonl(bdir / "judge" / "judgments.jsonl", Judgment)
     cal = Calibration.model_validate(read_json(bdir / "judge" / "calibration.json"))
     targets = {}
@@ -657,7 +660,6 @@ def summarize(cfg: BehaviorConfig, bdir: Path) -> dict:
 def data_stage(cfg: BehaviorConfig, bdir: Path) -> dict:
     transcripts = {t.id: t for t in read_jsonl(bdir / "rollout" / "transcripts.jsonl", Transcript)}
     judgments = read_jsonl(bdir / "judge" / "judgments.jsonl", Judgment)
-    from .judges import Calibration
     persona = cfg.constitution or cfg.name
     out = bdir / "data"
     for old in ("sft.jsonl", "pairs.jsonl"):
@@ -723,7 +725,6 @@ def wanted_stages(stages: list[str] | None) -> list[str]:
 def run(cfg: BehaviorConfig, stages: list[str] | None = None, restart: bool = False, say=print) -> dict:
     """Run the wanted stages in order under the behaviour folder's writer lock; finished, fresh stages are
     skipped; a stale one is refused unless `restart` (which redoes the first wanted stage and those after)."""
-    from .inference import get_backend
     wanted = wanted_stages(stages)
     bdir = behavior_dir(cfg.name)
     with run_lock(bdir):
@@ -782,13 +783,11 @@ def run(cfg: BehaviorConfig, stages: list[str] | None = None, restart: bool = Fa
 
 
 def check_distinct(cfgs: list[BehaviorConfig], paths: list[str]) -> None:
-    from .pipeline import check_distinct as distinct
     distinct([c.name for c in cfgs], paths, "behavior", "give each config its own name")
 
 
 def run_parallel(configs: list[str], extra: list[str], parallel: int) -> int:
     """Each config in its own `character behaviors run` process, at most `parallel` at a time."""
-    from .pipeline import run_processes
     cfgs = [load_config(c) for c in configs]
     check_distinct(cfgs, configs)
     return run_processes([[sys.executable, "-m", "character.cli", "behaviors", "run", c, *extra] for c in configs],
@@ -822,7 +821,6 @@ def summaries_for_run(run: str) -> list[dict]:
 
 
 def format_summary(s: dict) -> str:
-    from .judges import Calibration, judged
     cal = Calibration.model_validate(s["calibration"])
     lines = [f"behavior {s['name']}: {s['behavior']}", f"  judge: {s['headline']}"]
     for name, t in s["targets"].items():

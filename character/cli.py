@@ -7,20 +7,55 @@
     character report RUN;  character export RUN --format trl|openai-sft|openai-dpo|together --out FILE
     character export RUN --format gguf [--quant f32|f16|q8_0]
     character studio
+
+Each command is a `cmd_*` function; the `add_*` function after it registers it and its arguments, and
+`build_parser` calls those in the order `character --help` lists the commands.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import signal
 import sys
 import threading
 from pathlib import Path
 
-from .config import default_model, load_env
+import yaml
+
+from . import behaviors as B
+from . import constitution as C
+from .conversations import ContextSet, generate_contexts, run_conversations
+from .distill import EXPORTERS, make_pairs
 from .errors import CharacterError
-from .evaluate import SECTIONS
+from .estimate import LOCAL_BACKENDS, cached_rates, estimate, measure, pipeline_total
+from .evaluate import SECTIONS, format_summary, perplexity
+from .evaluate import run as run_evaluation
+from .gguf_export import export_gguf
+from .inference import get_backend
+from .persona import scorer_for
+from .pipeline import check_distinct_runs, run_parallel, run_recipe, summary
+from .prompts import build_prompts
+from .ratings import bootstrap, elo
+from .recipe import STAGES, load_recipe
+from .report import run_summary, write_report
+from .runs import (
+    SLUG,
+    character_home,
+    check_slug,
+    read_json,
+    read_jsonl,
+    read_status,
+    run_dir,
+    run_lock,
+    runs_root,
+    write_atomic,
+    write_jsonl,
+)
+from .scorers import PersonaClassifier
+from .settings import default_model, load_env
+from .types import Match, Message, PreferencePair, SamplingParams, stable_id
 
 
 def _progress(msg: str) -> None:
@@ -29,80 +64,112 @@ def _progress(msg: str) -> None:
 
 # -- constitution ------------------------------------------------------------------------------
 
-def cmd_constitution(args) -> int:
-    from . import constitution as C
+def cmd_constitution_list(args) -> int:
+    names = C.list_names()
+    if not names:
+        print(f"no constitutions in {C.constitutions_dir()}")
+    for name in names:
+        try:
+            c = C.load(name)
+            print(f"{name:24} {len(c.traits):2} traits  {c.description[:70]}")
+        except CharacterError as e:
+            print(f"{name:24} INVALID  {e}")
+    return 0
 
-    if args.action == "list":
-        names = C.list_names()
-        if not names:
-            print(f"no constitutions in {C.constitutions_dir()}")
-        for name in names:
-            try:
-                c = C.load(name)
-                print(f"{name:24} {len(c.traits):2} traits  {c.description[:70]}")
-            except CharacterError as e:
-                print(f"{name:24} INVALID  {e}")
-        return 0
-    if args.action == "show":
-        c = C.load(args.target)
-        print(C.dump(c, args.format), end="")
-        if args.prompt:
-            print("\n# teacher system prompt\n" + C.render_system_prompt(c))
-        return 0
-    if args.action == "validate":
-        targets = args.targets or [str(p) for p in sorted(C.constitutions_dir().glob("*")) if p.suffix in C.SUFFIXES]
-        bad = 0
-        for t in targets:
-            try:
-                c = C.load(t)
-                print(f"ok  {t}: {len(c.traits)} traits, {len(c.questions)} questions")
-            except CharacterError as e:
-                bad += 1
-                print(f"error: {e}", file=sys.stderr)
-        return 1 if bad else 0
-    if args.action == "import":
-        c = C.import_trait_list(Path(args.target), name=args.name)
-        out = Path(args.out) if args.out else C.constitutions_dir() / f"{c.name}.yaml"
-        if out.exists() and not args.force:  # before any model call: nothing is written or spent on a clash
-            raise CharacterError(f"out={str(out)!r}: file exists; choose another --out or --name, or pass --force")
-        bare = [t for t in c.traits if not t.questions]
-        if bare and args.model:
-            from .inference import get_backend
-            _progress(f"writing {args.questions} questions for each of {len(bare)} traits with {args.model} ...")
-            c = C.fill_questions(c, get_backend(args.model), args.questions, args.seed)
-        out = C.save(c, out, overwrite=args.force)
-        print(f"wrote {out} ({len(c.traits)} traits, {len(c.questions)} questions)")
-        if bare and not args.model:
-            print(f"note: {len(bare)} of {len(c.traits)} traits have no questions; a run writes prompts.expand_per_trait "
-                  "questions for each with the recipe's teacher at the prompts stage (or import again with --model "
-                  "to write them now)")
-        return 0
-    if args.action == "draft":
-        from .inference import get_backend
-        if args.out:
-            out = Path(args.out)
-            if out.exists() and not args.force:
-                raise CharacterError(f"out={args.out!r}: file exists; choose another path or pass --force")
-        spec = args.model or default_model("teacher")
-        _progress(f"drafting with {spec} ...")
-        c = C.draft_constitution(args.target, get_backend(spec), name=args.name, n_traits=args.traits,
-                                 n_questions=args.questions, seed=args.seed)
-        out = C.save(c, Path(args.out) if args.out else None, overwrite=args.force)
-        print(f"wrote {out} ({len(c.traits)} traits)")
-        return 0
-    raise CharacterError(f"constitution action={args.action!r}: unknown")
+
+def cmd_constitution_show(args) -> int:
+    c = C.load(args.target)
+    print(C.dump(c, args.format), end="")
+    if args.prompt:
+        print("\n# teacher system prompt\n" + C.render_system_prompt(c))
+    return 0
+
+
+def cmd_constitution_validate(args) -> int:
+    targets = ([args.target] if args.target else []) + list(args.targets)
+    targets = targets or [str(p) for p in sorted(C.constitutions_dir().glob("*")) if p.suffix in C.SUFFIXES]
+    bad = 0
+    for t in targets:
+        try:
+            c = C.load(t)
+            print(f"ok  {t}: {len(c.traits)} traits, {len(c.questions)} questions")
+        except CharacterError as e:
+            bad += 1
+            print(f"error: {e}", file=sys.stderr)
+    return 1 if bad else 0
+
+
+def cmd_constitution_import(args) -> int:
+    c = C.import_trait_list(Path(args.target), name=args.name)
+    out = Path(args.out) if args.out else C.constitutions_dir() / f"{c.name}.yaml"
+    if out.exists() and not args.force:  # before any model call: nothing is written or spent on a clash
+        raise CharacterError(f"out={str(out)!r}: file exists; choose another --out or --name, or pass --force")
+    bare = [t for t in c.traits if not t.questions]
+    if bare and args.model:
+        _progress(f"writing {args.questions} questions for each of {len(bare)} traits with {args.model} ...")
+        c = C.fill_questions(c, get_backend(args.model), args.questions, args.seed)
+    out = C.save(c, out, overwrite=args.force)
+    print(f"wrote {out} ({len(c.traits)} traits, {len(c.questions)} questions)")
+    if bare and not args.model:
+        print(f"note: {len(bare)} of {len(c.traits)} traits have no questions; a run writes prompts.expand_per_trait "
+              "questions for each with the recipe's teacher at the prompts stage (or import again with --model "
+              "to write them now)")
+    return 0
+
+
+def cmd_constitution_draft(args) -> int:
+    if args.out:
+        out = Path(args.out)
+        if out.exists() and not args.force:
+            raise CharacterError(f"out={args.out!r}: file exists; choose another path or pass --force")
+    spec = args.model or default_model("teacher")
+    _progress(f"drafting with {spec} ...")
+    c = C.draft_constitution(args.target, get_backend(spec), name=args.name, n_traits=args.traits,
+                             n_questions=args.questions, seed=args.seed)
+    out = C.save(c, Path(args.out) if args.out else None, overwrite=args.force)
+    print(f"wrote {out} ({len(c.traits)} traits)")
+    return 0
+
+
+CONSTITUTION_ACTIONS = {"list": cmd_constitution_list, "show": cmd_constitution_show,
+                        "validate": cmd_constitution_validate, "import": cmd_constitution_import,
+                        "draft": cmd_constitution_draft}
+
+
+def cmd_constitution(args) -> int:
+    """The action is a positional choice (one parser, one help page), so it is dispatched here."""
+    if args.action not in ("list", "validate") and not args.target:
+        print(f"error: constitution {args.action} needs an argument (see --help)", file=sys.stderr)
+        return 2
+    return CONSTITUTION_ACTIONS[args.action](args)
+
+
+def add_constitution(sub) -> None:
+    c = sub.add_parser("constitution", help="list, show, validate, import or draft constitutions")
+    c.add_argument("action", choices=list(CONSTITUTION_ACTIONS))
+    c.add_argument("target", nargs="?", help="NAME (show), PATH (import), or DESCRIPTION (draft)")
+    c.add_argument("targets", nargs="*", help=argparse.SUPPRESS)
+    c.add_argument("--model", help="model spec for draft (default: the teacher model, 'embedded'); for import: "
+                   "writes questions for traits that have none")
+    c.add_argument("--out", help="output file (default: constitutions/<name>.yaml)")
+    c.add_argument("--name", help="name (slug) for the new constitution")
+    c.add_argument("--force", action="store_true", help="overwrite an existing file")
+    c.add_argument("--format", choices=["yaml", "json"], default="yaml")
+    c.add_argument("--prompt", action="store_true", help="show: also print the teacher system prompt")
+    c.add_argument("--traits", type=int, default=8, help="draft: number of traits")
+    c.add_argument("--questions", type=int, default=5, help="draft, import --model: questions per trait")
+    c.add_argument("--seed", type=int, default=0)
+    c.set_defaults(func=cmd_constitution)
 
 
 # -- chat --------------------------------------------------------------------------------------
 
 def resolve_chat_target(target: str | None) -> tuple[str, dict, str]:
     """(model spec, backend options, base spec) for a run name or a model spec."""
-    from .runs import SLUG, runs_root
     if target and SLUG.match(target) and target != "embedded" and (runs_root() / target).is_dir():
         rdir = runs_root() / target
         base = "embedded"
         if (rdir / "recipe.yaml").exists():
-            import yaml
             base = (yaml.safe_load((rdir / "recipe.yaml").read_text()).get("models") or {}).get("student", base)
         if (rdir / "merge" / "model" / "config.json").exists():
             return f"hf/{rdir / 'merge' / 'model'}", {}, base
@@ -115,10 +182,6 @@ def resolve_chat_target(target: str | None) -> tuple[str, dict, str]:
 
 
 def cmd_chat(args) -> int:
-    from . import constitution as C
-    from .inference import get_backend
-    from .types import Message, SamplingParams
-
     spec, options, base_spec = resolve_chat_target(args.target or args.model)
     if args.adapter:
         options["adapters"] = args.adapter
@@ -152,7 +215,6 @@ def cmd_chat(args) -> int:
 def _turn(backend, history: list, text: str, params, label: str) -> None:
     """Send one user message, stream the reply to the terminal, and keep both in `history`.
     A stream that breaks midway keeps what arrived and says so."""
-    from .types import Message
     history.append(Message(role="user", content=text))
     print(f"{label}> ", end="", flush=True)
     reply = ""
@@ -166,12 +228,24 @@ def _turn(backend, history: list, text: str, params, label: str) -> None:
     history.append(Message(role="assistant", content=reply.strip()))
 
 
-# -- pipeline ----------------------------------------------------------------------------------
+def add_chat(sub) -> None:
+    ch = sub.add_parser("chat", help="chat with a trained run or any model, optionally beside the base model")
+    ch.add_argument("target", nargs="?", help="RUN name or model spec (default: the student model, 'embedded')")
+    ch.add_argument("--model", help="model spec (same as giving it as TARGET)")
+    ch.add_argument("--compare", choices=["base"], help="also show the base model's answer")
+    ch.add_argument("--system", help="system prompt text")
+    ch.add_argument("--constitution", help="use this constitution as the system prompt")
+    ch.add_argument("--adapter", action="append", help="PEFT adapter folder to apply (repeatable)")
+    ch.add_argument("-m", "--message", help="send one message and exit")
+    ch.add_argument("--max-tokens", type=int, default=256)
+    ch.add_argument("--temperature", type=float, default=0.7)
+    ch.add_argument("--seed", type=int, default=None)
+    ch.set_defaults(func=cmd_chat)
+
+
+# -- pipeline: run, one stage, estimate --------------------------------------------------------
 
 def cmd_run(args) -> int:
-    from .config import STAGES, load_recipe
-    from .pipeline import check_distinct_runs, run_parallel, run_recipe, summary
-
     if isinstance(args.restart, str) and args.restart not in STAGES and Path(args.restart).is_file():
         args.recipes, args.restart = [args.restart, *args.recipes], True  # `run --restart RECIPE`: a plain --restart
     cfgs = [load_recipe(r, args.set) for r in args.recipes]  # validate every recipe before starting any
@@ -188,9 +262,7 @@ def cmd_run(args) -> int:
 
 
 def cmd_stage(args) -> int:
-    from .config import load_recipe
-    from .pipeline import run_recipe, summary
-
+    """One stage: `prompts|distill|introspect|merge RECIPE` or `train dpo|sft RECIPE`."""
     stage = args.command if args.command != "train" else args.kind
     cfg = load_recipe(args.recipe, args.set)
     outcome = run_recipe(cfg, [stage], args.restart, say=_progress)
@@ -198,9 +270,33 @@ def cmd_stage(args) -> int:
     return 0
 
 
+def add_pipeline(sub) -> None:
+    r = sub.add_parser("run", help="run a recipe's stages in order (resumes; skips finished stages)")
+    r.add_argument("recipes", nargs="*", help="recipe YAML file(s)")
+    r.add_argument("--stages", nargs="+", help="only these stages (prompts distill dpo introspect sft merge)")
+    r.add_argument("--parallel", type=int, default=1, help="run several recipes as parallel processes")
+    r.add_argument("--restart", nargs="?", const=True, default=False, metavar="STAGE",
+                   help="redo STAGE (default: the first chosen stage) and every stage after it")
+    r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides, e.g. dpo.lr=1e-4")
+    r.set_defaults(func=cmd_run)
+
+    for name, helptext in (("prompts", "build the prompt mix"), ("distill", "teacher vs student preference pairs"),
+                           ("introspect", "self-reflection and self-interaction SFT data"),
+                           ("merge", "combine DPO and SFT adapters; export adapter and merged model")):
+        sp = sub.add_parser(name, help=helptext)
+        sp.add_argument("recipe")
+        sp.add_argument("--restart", action="store_true", help="redo this stage and every stage after it")
+        sp.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+        sp.set_defaults(func=cmd_stage)
+    t = sub.add_parser("train", help="train the dpo or sft LoRA adapter")
+    t.add_argument("kind", choices=["dpo", "sft"])
+    t.add_argument("recipe")
+    t.add_argument("--restart", action="store_true", help="redo this stage and every stage after it")
+    t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
+    t.set_defaults(func=cmd_stage)
+
+
 def cmd_estimate(args) -> int:
-    from .config import load_recipe
-    from .estimate import LOCAL_BACKENDS, cached_rates, estimate, measure, pipeline_total
     if not args.recipe:  # only measure (and cache) a model's rates
         measure(args.model, "trl")
         return 0
@@ -218,14 +314,18 @@ def cmd_estimate(args) -> int:
     return 0
 
 
+def add_estimate(sub) -> None:
+    es = sub.add_parser("estimate", help="time per stage for a recipe on this machine (measures its rates once)")
+    es.add_argument("recipe", nargs="?", help="recipe YAML (without one: measure --model's rates and stop)")
+    es.add_argument("--model", default="embedded", help="without a recipe: the model to measure")
+    es.add_argument("--measure", action="store_true", help="measure the rates again")
+    es.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides, e.g. prompts.total=32")
+    es.set_defaults(func=cmd_estimate)
+
+
+# -- data: preview, contexts, conversations ----------------------------------------------------
+
 def cmd_preview(args) -> int:
-    from . import constitution as C
-    from .distill import make_pairs
-    from .persona import scorer_for
-    from .inference import get_backend
-    from .prompts import build_prompts
-    from .runs import write_jsonl
-    from .types import SamplingParams
     c = C.load(args.constitution)
     mix = {}
     for part in args.mix.split(","):
@@ -263,90 +363,26 @@ def cmd_preview(args) -> int:
     return 0
 
 
-def cmd_report(args) -> int:
-    from .report import run_summary, write_report
-    from .runs import character_home, check_slug, run_dir
-    rdirs = []
-    for name in args.runs:
-        rdir = run_dir(name)
-        if not rdir.is_dir():
-            raise CharacterError(f"run={name!r}: no such run in {rdir.parent}")
-        rdirs.append(rdir)
-    if len(rdirs) == 1:
-        print(run_summary(rdirs[0]))
-        out = Path(args.out) if args.out else rdirs[0]
-    else:
-        name = "-vs-".join(args.runs)
-        if len(name) > 64:
-            from .types import stable_id
-            name = f"compare-{stable_id(*args.runs)}"
-        out = Path(args.out) if args.out else character_home() / "reports" / check_slug(name, "runs")
-    html, md = write_report(rdirs, out)
-    print(f"\nreport card: {html}\n             {md}")
-    return 0
-
-
-def cmd_export(args) -> int:
-    import json as _json
-    from .distill import EXPORTERS
-    from .runs import read_jsonl, run_dir, write_atomic
-    from .types import PreferencePair
-    if args.format == "gguf":
-        return export_gguf_cmd(args)
-    if not args.out:
-        raise CharacterError(f"out: --format {args.format} writes a JSONL file; give --out FILE")
-    pairs = read_jsonl(run_dir(args.run) / "distill" / "pairs.jsonl", PreferencePair)
-    if not pairs:
-        raise CharacterError(f"run={args.run!r}: no pairs to export; run the distill stage first")
-    fn = EXPORTERS[args.format]
-    out, rdir = Path(args.out).resolve(), run_dir(args.run)
-    text = "".join(_json.dumps(fn(p), ensure_ascii=False) + "\n" for p in pairs)
-    if out.is_relative_to(rdir.resolve()):  # writing into the run: one writer at a time
-        from .runs import run_lock
-        with run_lock(rdir):
-            write_atomic(out, text)
-    else:
-        write_atomic(out, text)
-    print(f"wrote {len(pairs)} rows to {args.out} ({args.format})")
-    return 0
-
-
-def export_gguf_cmd(args) -> int:
-    """The run's merged model as GGUF + Ollama Modelfile (default: runs/<run>/export/)."""
-    from .gguf_export import export_gguf
-    from .runs import read_status, run_dir, run_lock
-    rdir = run_dir(args.run)
-    st = read_status(rdir / "merge")
-    if not (rdir / "merge" / "model" / "config.json").exists() or not st or st.state != "done":
-        raise CharacterError(f"run={args.run!r}: no finished merged model to export; run the pipeline through merge")
-    out = Path(args.out).resolve() if args.out else rdir / "export" / f"{args.run}-{args.quant}.gguf"
-    _progress(f"writing {out} ({args.quant}) ...")
-    if out.is_relative_to(rdir.resolve()):
-        with run_lock(rdir):
-            export_gguf(rdir / "merge" / "model", out, args.quant)
-    else:
-        export_gguf(rdir / "merge" / "model", out, args.quant)
-    print(f"wrote {out} ({out.stat().st_size / 2**20:.0f} MB) and {out.parent / 'Modelfile'}\n"
-          f"serve it:  python -m llama_cpp.server --model {out}   (then openai/<any-name> with OPENAI_BASE_URL="
-          "http://localhost:8000/v1)\n"
-          f"or Ollama: cd {out.parent} && ollama create {args.run} -f Modelfile && ollama run {args.run}")
-    return 0
-
-
-def cmd_studio(args) -> int:
-    app = Path(__file__).resolve().parent.parent / "studio_app.py"
-    os.execvp(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app),
-                               "--server.address", args.address, "--server.port", str(args.port),
-                               "--server.headless", "true",
-                               # no source watching: polling the tree cost a whole CPU core on 2 cores
-                               "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"])
-    return 0
+def add_preview(sub) -> None:
+    pv = sub.add_parser("preview", help="a few prompts answered by teacher (in character) and student, side by side")
+    pv.add_argument("constitution")
+    pv.add_argument("--n", type=int, default=4, help="prompts, 2-10")
+    pv.add_argument("--teacher", default=default_model("teacher"))
+    pv.add_argument("--student", default=default_model("student"))
+    pv.add_argument("--mix", default="constitution=0.5,templates=0.25,generic=0.25")
+    pv.add_argument("--hint-rate", type=float, default=0.2)
+    pv.add_argument("--max-tokens", type=int, default=96)
+    pv.add_argument("--seed", type=int, default=0)
+    pv.add_argument("--teacher-prompt", choices=["full", "traits-last", "short"], default="full",
+                    help="the teacher's system prompt form (as distill.teacher_prompt)")
+    pv.add_argument("--no-voice-examples", action="store_true", help="leave out the constitution's voice examples")
+    pv.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (local teachers)")
+    pv.add_argument("--best-of", type=int, default=1, help="teacher answers per prompt; keep the most in character")
+    pv.add_argument("--out", required=True, help="JSONL of preference pairs")
+    pv.set_defaults(func=cmd_preview)
 
 
 def cmd_contexts(args) -> int:
-    from .conversations import ContextSet, generate_contexts
-    from .inference import get_backend
-    from .runs import write_atomic
     out = Path(args.out)
     if out.exists() and not args.force:
         raise CharacterError(f"out={args.out!r}: file exists; choose another path or pass --force")
@@ -357,11 +393,18 @@ def cmd_contexts(args) -> int:
     return 0
 
 
+def add_contexts(sub) -> None:
+    cx = sub.add_parser("contexts", help="LLM-written scenario contexts for a theme (JSON)")
+    cx.add_argument("--theme", required=True)
+    cx.add_argument("--num-contexts", type=int, required=True)
+    cx.add_argument("--model", help="model spec (default: the teacher model)")
+    cx.add_argument("--out", required=True)
+    cx.add_argument("--force", action="store_true")
+    cx.add_argument("--seed", type=int, default=0)
+    cx.set_defaults(func=cmd_contexts)
+
+
 def cmd_conversations(args) -> int:
-    from . import constitution as C
-    from .conversations import ContextSet, run_conversations
-    from .inference import get_backend
-    from .types import SamplingParams
     path = Path(args.context_file)
     if not path.is_file():
         raise CharacterError(f"context_file={args.context_file!r}: no such file; make one with `character contexts`")
@@ -385,40 +428,27 @@ def cmd_conversations(args) -> int:
     return 0
 
 
-def cmd_behaviors(args) -> int:
-    from . import behaviors as B
-    if args.action == "list":
-        rows = B.list_behaviors()
-        if not rows:
-            print("no behaviour evaluations yet; run one: character behaviors run configs/behaviors/pirate-hostile.yaml")
-        for r in rows:
-            print(f"{r['name']:<28} " + "  ".join(f"{s} {r[s]}" for s in B.STAGES))
-        return 0
-    if args.action == "show":
-        p = B.behavior_dir(args.name) / "judge" / "summary.json"
-        if not p.exists():
-            raise CharacterError(f"name={args.name!r}: no judged behaviour evaluation by that name; see "
-                                 "`character behaviors list`")
-        from .runs import read_json
-        print(B.format_summary(read_json(p)))
-        return 0
-    cfgs = [B.load_config(c) for c in args.configs]  # validate every config before starting any
-    B.check_distinct(cfgs, args.configs)
-    if len(cfgs) > 1 and args.parallel > 1:
-        extra = [*(["--stages", *args.stages] if args.stages else []), *(["--restart"] if args.restart else [])]
-        return B.run_parallel(args.configs, extra, args.parallel)
-    for cfg in cfgs:
-        outcome = B.run(cfg, args.stages, args.restart, say=_progress)
-        summary = B.behavior_dir(cfg.name) / "judge" / "summary.json"
-        if summary.exists() and "judge" in outcome["results"]:
-            from .runs import read_json
-            print(B.format_summary(read_json(summary)))
-        print(f"records in {outcome['dir']}")
-    return 0
+def add_conversations(sub) -> None:
+    cv = sub.add_parser("conversations", help="assistant persona vs simulated user, per scenario context (JSONL)")
+    cv.add_argument("--assistant-persona", required=True, help="constitution name or path")
+    cv.add_argument("--assistant-model")
+    cv.add_argument("--user-persona", required=True, help="system prompt text, or a file holding it")
+    cv.add_argument("--user-model")
+    cv.add_argument("--context-file", required=True)
+    cv.add_argument("--num-conversations", type=int, required=True)
+    cv.add_argument("--num-turns", type=int, required=True, help="1 = assistant only, 2 = + user, 3 = + assistant")
+    cv.add_argument("--max-tokens", type=int, default=256)
+    cv.add_argument("--seed", type=int, default=0)
+    cv.add_argument("--out", required=True)
+    cv.set_defaults(func=cmd_conversations)
+
+
+# -- eval: a run's evaluation, perplexity, elo, classifier -------------------------------------
+
+EVAL_TOOLS = ("run", "elo", "classifier", "perplexity")  # any other word after `eval` is a run name
 
 
 def _read_rows(path: str) -> list[dict]:
-    import json as _json
     p = Path(path)
     if not p.is_file():
         raise CharacterError(f"data={path!r}: no such file")
@@ -426,55 +456,55 @@ def _read_rows(path: str) -> list[dict]:
     for n, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1):
         if line.strip():
             try:
-                rows.append(_json.loads(line))
+                rows.append(json.loads(line))
             except ValueError:
                 raise CharacterError(f"{p.name}:{n}: not JSON; each line must be one JSON object") from None
     return rows
 
 
 def cmd_eval(args) -> int:
-    if args.what == "run":
-        from .evaluate import format_summary, run
-        print(format_summary(run(args.run, seed=args.seed, fresh=args.fresh, sections=args.sections,
-                                 prompts=args.prompts, max_tokens=args.max_tokens)))
-        print(f"\nthe report card: character report {args.run}")
-        return 0
-    if args.what == "perplexity":
-        from .evaluate import perplexity
-        from .inference import get_backend
-        from .types import Message
-        rows = _read_rows(args.data)
-        convs = []
-        for n, r in enumerate(rows, 1):
-            msgs = r.get("messages") if isinstance(r, dict) else None
-            if not isinstance(msgs, list) or not any(isinstance(m, dict) and m.get("role") == "assistant"
-                                                     for m in msgs):
-                raise CharacterError(f"data row {n}: needs \"messages\" with at least one assistant turn")
-            try:
-                convs.append([Message(role=m["role"], content=m["content"]) for m in msgs])
-            except (KeyError, ValueError, TypeError):
-                raise CharacterError(f"data row {n}: each message needs a role (system/user/assistant) and "
-                                     "content") from None
-        for spec in args.model:
-            r = perplexity(get_backend(spec), convs)
-            print(f"{spec}: perplexity {r['perplexity']:.3f} over {r['tokens']} tokens in {r['turns']} "
-                  "assistant turns")
-        return 0
-    if args.what == "elo":
-        from .ratings import bootstrap, elo
-        from .runs import read_jsonl
-        from .types import Match
-        if not Path(args.matches).is_file():
-            raise CharacterError(f"matches={args.matches!r}: no such file; give a JSONL of Match records")
-        matches = read_jsonl(Path(args.matches), Match)
-        if not matches:
-            raise CharacterError(f"matches={args.matches!r}: no matches in the file")
-        online = elo(matches, k=args.k_factor)
-        print(f"{'item':24} {'Bradley-Terry':>13} {'95% interval':>17} {'Elo':>7} {'matches':>8}")
-        for r in bootstrap(matches, rounds=args.rounds, seed=args.seed):
-            print(f"{r.item:24} {r.rating:13.0f} {f'[{r.low:.0f}, {r.high:.0f}]':>17} {online[r.item]:7.0f} {r.matches:8}")
-        return 0
-    from .scorers import PersonaClassifier
+    """`eval run RUN` (also `eval RUN`): the whole evaluation of a trained run."""
+    print(format_summary(run_evaluation(args.run, seed=args.seed, fresh=args.fresh, sections=args.sections,
+                                        prompts=args.prompts, max_tokens=args.max_tokens)))
+    print(f"\nthe report card: character report {args.run}")
+    return 0
+
+
+def cmd_eval_perplexity(args) -> int:
+    rows = _read_rows(args.data)
+    convs = []
+    for n, r in enumerate(rows, 1):
+        msgs = r.get("messages") if isinstance(r, dict) else None
+        if not isinstance(msgs, list) or not any(isinstance(m, dict) and m.get("role") == "assistant"
+                                                 for m in msgs):
+            raise CharacterError(f"data row {n}: needs \"messages\" with at least one assistant turn")
+        try:
+            convs.append([Message(role=m["role"], content=m["content"]) for m in msgs])
+        except (KeyError, ValueError, TypeError):
+            raise CharacterError(f"data row {n}: each message needs a role (system/user/assistant) and "
+                                 "content") from None
+    for spec in args.model:
+        r = perplexity(get_backend(spec), convs)
+        print(f"{spec}: perplexity {r['perplexity']:.3f} over {r['tokens']} tokens in {r['turns']} "
+              "assistant turns")
+    return 0
+
+
+def cmd_eval_elo(args) -> int:
+    if not Path(args.matches).is_file():
+        raise CharacterError(f"matches={args.matches!r}: no such file; give a JSONL of Match records")
+    matches = read_jsonl(Path(args.matches), Match)
+    if not matches:
+        raise CharacterError(f"matches={args.matches!r}: no matches in the file")
+    online = elo(matches, k=args.k_factor)
+    print(f"{'item':24} {'Bradley-Terry':>13} {'95% interval':>17} {'Elo':>7} {'matches':>8}")
+    for r in bootstrap(matches, rounds=args.rounds, seed=args.seed):
+        print(f"{r.item:24} {r.rating:13.0f} {f'[{r.low:.0f}, {r.high:.0f}]':>17} {online[r.item]:7.0f} {r.matches:8}")
+    return 0
+
+
+def cmd_eval_classifier(args) -> int:
+    """`eval classifier train|score`: both read the same labelled rows."""
     rows = _read_rows(args.data)
     for n, r in enumerate(rows, 1):
         if not isinstance(r, dict) or "text" not in r or "label" not in r:
@@ -497,86 +527,7 @@ def cmd_eval(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="character", description="Character training: constitutions, data, "
-                                "training, evaluation and chat.")
-    sub = p.add_subparsers(dest="command", required=True)
-
-    c = sub.add_parser("constitution", help="list, show, validate, import or draft constitutions")
-    c.add_argument("action", choices=["list", "show", "validate", "import", "draft"])
-    c.add_argument("target", nargs="?", help="NAME (show), PATH (import), or DESCRIPTION (draft)")
-    c.add_argument("targets", nargs="*", help=argparse.SUPPRESS)
-    c.add_argument("--model", help="model spec for draft (default: the teacher model, 'embedded'); for import: "
-                   "writes questions for traits that have none")
-    c.add_argument("--out", help="output file (default: constitutions/<name>.yaml)")
-    c.add_argument("--name", help="name (slug) for the new constitution")
-    c.add_argument("--force", action="store_true", help="overwrite an existing file")
-    c.add_argument("--format", choices=["yaml", "json"], default="yaml")
-    c.add_argument("--prompt", action="store_true", help="show: also print the teacher system prompt")
-    c.add_argument("--traits", type=int, default=8, help="draft: number of traits")
-    c.add_argument("--questions", type=int, default=5, help="draft, import --model: questions per trait")
-    c.add_argument("--seed", type=int, default=0)
-    c.set_defaults(func=cmd_constitution)
-
-    ch = sub.add_parser("chat", help="chat with a trained run or any model, optionally beside the base model")
-    ch.add_argument("target", nargs="?", help="RUN name or model spec (default: the student model, 'embedded')")
-    ch.add_argument("--model", help="model spec (same as giving it as TARGET)")
-    ch.add_argument("--compare", choices=["base"], help="also show the base model's answer")
-    ch.add_argument("--system", help="system prompt text")
-    ch.add_argument("--constitution", help="use this constitution as the system prompt")
-    ch.add_argument("--adapter", action="append", help="PEFT adapter folder to apply (repeatable)")
-    ch.add_argument("-m", "--message", help="send one message and exit")
-    ch.add_argument("--max-tokens", type=int, default=256)
-    ch.add_argument("--temperature", type=float, default=0.7)
-    ch.add_argument("--seed", type=int, default=None)
-    ch.set_defaults(func=cmd_chat)
-
-    r = sub.add_parser("run", help="run a recipe's stages in order (resumes; skips finished stages)")
-    r.add_argument("recipes", nargs="*", help="recipe YAML file(s)")
-    r.add_argument("--stages", nargs="+", help="only these stages (prompts distill dpo introspect sft merge)")
-    r.add_argument("--parallel", type=int, default=1, help="run several recipes as parallel processes")
-    r.add_argument("--restart", nargs="?", const=True, default=False, metavar="STAGE",
-                   help="redo STAGE (default: the first chosen stage) and every stage after it")
-    r.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides, e.g. dpo.lr=1e-4")
-    r.set_defaults(func=cmd_run)
-
-    for name, helptext in (("prompts", "build the prompt mix"), ("distill", "teacher vs student preference pairs"),
-                           ("introspect", "self-reflection and self-interaction SFT data"),
-                           ("merge", "combine DPO and SFT adapters; export adapter and merged model")):
-        sp = sub.add_parser(name, help=helptext)
-        sp.add_argument("recipe")
-        sp.add_argument("--restart", action="store_true", help="redo this stage and every stage after it")
-        sp.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
-        sp.set_defaults(func=cmd_stage)
-    t = sub.add_parser("train", help="train the dpo or sft LoRA adapter")
-    t.add_argument("kind", choices=["dpo", "sft"])
-    t.add_argument("recipe")
-    t.add_argument("--restart", action="store_true", help="redo this stage and every stage after it")
-    t.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE")
-    t.set_defaults(func=cmd_stage)
-
-    cx = sub.add_parser("contexts", help="LLM-written scenario contexts for a theme (JSON)")
-    cx.add_argument("--theme", required=True)
-    cx.add_argument("--num-contexts", type=int, required=True)
-    cx.add_argument("--model", help="model spec (default: the teacher model)")
-    cx.add_argument("--out", required=True)
-    cx.add_argument("--force", action="store_true")
-    cx.add_argument("--seed", type=int, default=0)
-    cx.set_defaults(func=cmd_contexts)
-
-    cv = sub.add_parser("conversations", help="assistant persona vs simulated user, per scenario context (JSONL)")
-    cv.add_argument("--assistant-persona", required=True, help="constitution name or path")
-    cv.add_argument("--assistant-model")
-    cv.add_argument("--user-persona", required=True, help="system prompt text, or a file holding it")
-    cv.add_argument("--user-model")
-    cv.add_argument("--context-file", required=True)
-    cv.add_argument("--num-conversations", type=int, required=True)
-    cv.add_argument("--num-turns", type=int, required=True, help="1 = assistant only, 2 = + user, 3 = + assistant")
-    cv.add_argument("--max-tokens", type=int, default=256)
-    cv.add_argument("--seed", type=int, default=0)
-    cv.add_argument("--out", required=True)
-    cv.set_defaults(func=cmd_conversations)
-
+def add_eval(sub) -> None:
     ev = sub.add_parser("eval", help="evaluate a run (`character eval RUN`), or the tools: elo, classifier, perplexity")
     evs = ev.add_subparsers(dest="what", required=True)
     er = evs.add_parser("run", help="the whole evaluation of a trained run (also: `character eval RUN`)")
@@ -590,50 +541,92 @@ def build_parser() -> argparse.ArgumentParser:
     ep = evs.add_parser("perplexity", help="perplexity of models on a JSONL of conversations")
     ep.add_argument("--model", nargs="+", default=["embedded"], help="model specs, e.g. embedded hf/PATH")
     ep.add_argument("--data", required=True, help='JSONL rows {"messages": [{"role": ..., "content": ...}]}')
-    ep.set_defaults(func=cmd_eval)
+    ep.set_defaults(func=cmd_eval_perplexity)
     el = evs.add_parser("elo", help="ratings from a JSONL of Match records")
     el.add_argument("action", choices=["score"])
     el.add_argument("--matches", required=True)
     el.add_argument("--k-factor", type=float, default=32.0)
     el.add_argument("--rounds", type=int, default=100, help="bootstrap rounds for the intervals")
     el.add_argument("--seed", type=int, default=0)
-    el.set_defaults(func=cmd_eval)
+    el.set_defaults(func=cmd_eval_elo)
     cl = evs.add_parser("classifier", help="train or score the persona classifier")
     cl.add_argument("action", choices=["train", "score"])
     cl.add_argument("--data", required=True, help='JSONL rows {"text": ..., "label": ...}')
     cl.add_argument("--out", default="data/classifier", help="train: output folder")
     cl.add_argument("--model", default="data/classifier", help="score: classifier folder")
-    cl.set_defaults(func=cmd_eval)
+    cl.set_defaults(func=cmd_eval_classifier)
 
-    pv = sub.add_parser("preview", help="a few prompts answered by teacher (in character) and student, side by side")
-    pv.add_argument("constitution")
-    pv.add_argument("--n", type=int, default=4, help="prompts, 2-10")
-    pv.add_argument("--teacher", default=default_model("teacher"))
-    pv.add_argument("--student", default=default_model("student"))
-    pv.add_argument("--mix", default="constitution=0.5,templates=0.25,generic=0.25")
-    pv.add_argument("--hint-rate", type=float, default=0.2)
-    pv.add_argument("--max-tokens", type=int, default=96)
-    pv.add_argument("--seed", type=int, default=0)
-    pv.add_argument("--teacher-prompt", choices=["full", "traits-last", "short"], default="full",
-                    help="the teacher's system prompt form (as distill.teacher_prompt)")
-    pv.add_argument("--no-voice-examples", action="store_true", help="leave out the constitution's voice examples")
-    pv.add_argument("--guidance", type=float, default=1.0, help="classifier-free guidance scale (local teachers)")
-    pv.add_argument("--best-of", type=int, default=1, help="teacher answers per prompt; keep the most in character")
-    pv.add_argument("--out", required=True, help="JSONL of preference pairs")
-    pv.set_defaults(func=cmd_preview)
 
-    es = sub.add_parser("estimate", help="time per stage for a recipe on this machine (measures its rates once)")
-    es.add_argument("recipe", nargs="?", help="recipe YAML (without one: measure --model's rates and stop)")
-    es.add_argument("--model", default="embedded", help="without a recipe: the model to measure")
-    es.add_argument("--measure", action="store_true", help="measure the rates again")
-    es.add_argument("--set", nargs="+", default=[], metavar="KEY=VALUE", help="overrides, e.g. prompts.total=32")
-    es.set_defaults(func=cmd_estimate)
+# -- results: report card, export --------------------------------------------------------------
 
+def cmd_report(args) -> int:
+    rdirs = []
+    for name in args.runs:
+        rdir = run_dir(name)
+        if not rdir.is_dir():
+            raise CharacterError(f"run={name!r}: no such run in {rdir.parent}")
+        rdirs.append(rdir)
+    if len(rdirs) == 1:
+        print(run_summary(rdirs[0]))
+        out = Path(args.out) if args.out else rdirs[0]
+    else:
+        name = "-vs-".join(args.runs)
+        if len(name) > 64:
+            name = f"compare-{stable_id(*args.runs)}"
+        out = Path(args.out) if args.out else character_home() / "reports" / check_slug(name, "runs")
+    html, md = write_report(rdirs, out)
+    print(f"\nreport card: {html}\n             {md}")
+    return 0
+
+
+def add_report(sub) -> None:
     rp = sub.add_parser("report", help="the report card of one run, or several side by side")
     rp.add_argument("runs", nargs="+")
     rp.add_argument("--out", help="folder for report.html and report.md")
     rp.set_defaults(func=cmd_report)
 
+
+def cmd_export(args) -> int:
+    if args.format == "gguf":
+        return export_gguf_cmd(args)
+    if not args.out:
+        raise CharacterError(f"out: --format {args.format} writes a JSONL file; give --out FILE")
+    pairs = read_jsonl(run_dir(args.run) / "distill" / "pairs.jsonl", PreferencePair)
+    if not pairs:
+        raise CharacterError(f"run={args.run!r}: no pairs to export; run the distill stage first")
+    fn = EXPORTERS[args.format]
+    out, rdir = Path(args.out).resolve(), run_dir(args.run)
+    text = "".join(json.dumps(fn(p), ensure_ascii=False) + "\n" for p in pairs)
+    if out.is_relative_to(rdir.resolve()):  # writing into the run: one writer at a time
+        with run_lock(rdir):
+            write_atomic(out, text)
+    else:
+        write_atomic(out, text)
+    print(f"wrote {len(pairs)} rows to {args.out} ({args.format})")
+    return 0
+
+
+def export_gguf_cmd(args) -> int:
+    """The run's merged model as GGUF + Ollama Modelfile (default: runs/<run>/export/)."""
+    rdir = run_dir(args.run)
+    st = read_status(rdir / "merge")
+    if not (rdir / "merge" / "model" / "config.json").exists() or not st or st.state != "done":
+        raise CharacterError(f"run={args.run!r}: no finished merged model to export; run the pipeline through merge")
+    out = Path(args.out).resolve() if args.out else rdir / "export" / f"{args.run}-{args.quant}.gguf"
+    _progress(f"writing {out} ({args.quant}) ...")
+    if out.is_relative_to(rdir.resolve()):
+        with run_lock(rdir):
+            export_gguf(rdir / "merge" / "model", out, args.quant)
+    else:
+        export_gguf(rdir / "merge" / "model", out, args.quant)
+    print(f"wrote {out} ({out.stat().st_size / 2**20:.0f} MB) and {out.parent / 'Modelfile'}\n"
+          f"serve it:  python -m llama_cpp.server --model {out}   (then openai/<any-name> with OPENAI_BASE_URL="
+          "http://localhost:8000/v1)\n"
+          f"or Ollama: cd {out.parent} && ollama create {args.run} -f Modelfile && ollama run {args.run}")
+    return 0
+
+
+def add_export(sub) -> None:
     ex = sub.add_parser("export", help="export a run's preference pairs for other trainers, or its model as GGUF")
     ex.add_argument("run")
     ex.add_argument("--format", choices=["trl", "openai-sft", "openai-dpo", "together", "gguf"], default="trl")
@@ -643,6 +636,43 @@ def build_parser() -> argparse.ArgumentParser:
     ex.add_argument("--out", help="output file (pairs formats: required; gguf: default runs/<run>/export/)")
     ex.set_defaults(func=cmd_export)
 
+
+# -- behaviours --------------------------------------------------------------------------------
+
+def cmd_behaviors_run(args) -> int:
+    cfgs = [B.load_config(c) for c in args.configs]  # validate every config before starting any
+    B.check_distinct(cfgs, args.configs)
+    if len(cfgs) > 1 and args.parallel > 1:
+        extra = [*(["--stages", *args.stages] if args.stages else []), *(["--restart"] if args.restart else [])]
+        return B.run_parallel(args.configs, extra, args.parallel)
+    for cfg in cfgs:
+        outcome = B.run(cfg, args.stages, args.restart, say=_progress)
+        summary_file = B.behavior_dir(cfg.name) / "judge" / "summary.json"
+        if summary_file.exists() and "judge" in outcome["results"]:
+            print(B.format_summary(read_json(summary_file)))
+        print(f"records in {outcome['dir']}")
+    return 0
+
+
+def cmd_behaviors_list(args) -> int:
+    rows = B.list_behaviors()
+    if not rows:
+        print("no behaviour evaluations yet; run one: character behaviors run configs/behaviors/pirate-hostile.yaml")
+    for r in rows:
+        print(f"{r['name']:<28} " + "  ".join(f"{s} {r[s]}" for s in B.STAGES))
+    return 0
+
+
+def cmd_behaviors_show(args) -> int:
+    p = B.behavior_dir(args.name) / "judge" / "summary.json"
+    if not p.exists():
+        raise CharacterError(f"name={args.name!r}: no judged behaviour evaluation by that name; see "
+                             "`character behaviors list`")
+    print(B.format_summary(read_json(p)))
+    return 0
+
+
+def add_behaviors(sub) -> None:
     b = sub.add_parser("behaviors", help="behaviour evaluations: scenarios, rollouts, judgments, training data")
     bs = b.add_subparsers(dest="action", required=True)
     br = bs.add_parser("run", help="run behaviour config(s) (resumes; skips finished stages)")
@@ -650,19 +680,43 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--stages", nargs="+", help="only these stages (understand ideate rollout judge data)")
     br.add_argument("--parallel", type=int, default=1, help="run several configs as parallel processes")
     br.add_argument("--restart", action="store_true", help="redo the first chosen stage and every stage after it")
-    bs.add_parser("list", help="behaviour evaluations and their stages")
+    br.set_defaults(func=cmd_behaviors_run)
+    bl = bs.add_parser("list", help="behaviour evaluations and their stages")
+    bl.set_defaults(func=cmd_behaviors_list)
     bsh = bs.add_parser("show", help="a judged behaviour evaluation's summary")
     bsh.add_argument("name")
-    b.set_defaults(func=cmd_behaviors)
+    bsh.set_defaults(func=cmd_behaviors_show)
 
+
+# -- studio ------------------------------------------------------------------------------------
+
+def cmd_studio(args) -> int:
+    app = Path(__file__).resolve().parent.parent / "studio_app.py"
+    os.execvp(sys.executable, [sys.executable, "-m", "streamlit", "run", str(app),
+                               "--server.address", args.address, "--server.port", str(args.port),
+                               "--server.headless", "true",
+                               # no source watching: polling the tree cost a whole CPU core on 2 cores
+                               "--server.fileWatcherType", "none", "--browser.gatherUsageStats", "false"])
+    return 0
+
+
+def add_studio(sub) -> None:
     s = sub.add_parser("studio", help="open the Studio web app (http://localhost:8501)")
     s.add_argument("--port", type=int, default=8501)
     s.add_argument("--address", default="localhost")
     s.set_defaults(func=cmd_studio)
+
+
+# -- the command -------------------------------------------------------------------------------
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="character", description="Character training: constitutions, data, "
+                                "training, evaluation and chat.")
+    sub = p.add_subparsers(dest="command", required=True)
+    for add in (add_constitution, add_chat, add_pipeline, add_contexts, add_conversations, add_eval, add_preview,
+                add_estimate, add_report, add_export, add_behaviors, add_studio):  # the order of `--help`
+        add(sub)
     return p
-
-
-EVAL_TOOLS = ("run", "elo", "classifier", "perplexity")
 
 
 def _terminate(signum, frame):
@@ -681,11 +735,6 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "run" and not args.recipes and not (isinstance(args.restart, str) and
                                                             Path(args.restart).is_file()):
         parser.error("run: give at least one recipe YAML file")
-    if args.command == "constitution" and args.action == "validate":
-        args.targets = ([args.target] if args.target else []) + list(args.targets)
-    elif args.command == "constitution" and args.action != "list" and not args.target:
-        print(f"error: constitution {args.action} needs an argument (see --help)", file=sys.stderr)
-        return 2
     try:
         return args.func(args)
     except CharacterError as e:

@@ -19,7 +19,9 @@ from typing import ClassVar
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from .errors import CharacterError, ValidationError as UserValidationError, field_error
+from .errors import CharacterError, field_error
+from .errors import ValidationError as UserValidationError
+from .inference.structured import generate_structured
 from .runs import SLUG, check_slug, write_atomic
 from .types import Message, SamplingParams
 
@@ -350,7 +352,6 @@ class QuestionsDraft(BaseModel):
 
 def draft_questions(description: str, trait: str, backend, n: int = 5, seed: int = 0, retries: int = 3) -> list[str]:
     """`n` user messages that give the persona room to show `trait` (one structured call)."""
-    from .inference.structured import generate_structured
     params = SamplingParams(max_tokens=400, temperature=0.7, seed=seed, repetition_penalty=1.1)
     return generate_structured(backend, [
         Message(role="system", content="You write character sheets for AI personas."),
@@ -372,7 +373,6 @@ def draft_constitution(description: str, backend, name: str | None = None, n_tra
     """Draft a valid Constitution from a description, one small structured step at a time
     (persona, then traits, then questions per trait), so even a small local model can follow.
     Raises GenerationError naming the step that failed."""
-    from .inference.structured import generate_structured
 
     if not description.strip():
         raise field_error("description", description, "describe the persona in a sentence")

@@ -18,7 +18,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from tqdm import tqdm
 
 from .constitution import Constitution, render_system_prompt
+from .errors import GenerationError
 from .inference import generate_all
+from .inference.structured import StructuredFailure, generate_structured_batch
+from .runs import JsonlWriter, read_jsonl
 from .types import Message, Record, SamplingParams, SFTExample, stable_id
 
 
@@ -54,7 +57,6 @@ def opening(ctx: ScenarioContext) -> str:
 
 
 def generate_contexts(theme: str, n: int, backend, seed: int = 0, retries: int = 2) -> list[ScenarioContext]:
-    from .inference.structured import StructuredFailure, generate_structured_batch
     convs = [[Message(role="user", content=(f"Theme: {theme}\nWrite scenario context number {i + 1} of {n} for a "
                                             "conversation on this theme, different from the others."))]
              for i in range(n)]
@@ -62,7 +64,6 @@ def generate_contexts(theme: str, n: int, backend, seed: int = 0, retries: int =
                                     SamplingParams(max_tokens=400, temperature=0.9, seed=seed), retries)
     good = [c for c in out if not isinstance(c, StructuredFailure)]
     if len(good) < n:
-        from .errors import GenerationError
         fails = [c for c in out if isinstance(c, StructuredFailure)]
         raise GenerationError(f"model={backend.name!r}: {len(fails)} of {n} contexts failed validation "
                               f"(last error: {fails[-1].error[:150]})")
@@ -91,7 +92,6 @@ def simulate(ctx: ScenarioContext, persona: Constitution, user_system: str, assi
 
 def run_conversations(contexts: list[ScenarioContext], persona: Constitution, user_persona: str, assistant, user,
                       n: int, turns: int, out: Path, sampling: SamplingParams) -> int:
-    from .runs import JsonlWriter, read_jsonl
     done = {c.id for c in read_jsonl(out, SimConversation)}
     made = 0
     with JsonlWriter(out) as w:

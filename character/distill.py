@@ -15,8 +15,13 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import constitution as C
 from .constitution import Constitution, render_system_prompt
-from .persona import best_of as best_of_index, scorer_for
+from .errors import GenerationError, ValidationError
+from .inference import get_backend
+from .persona import best_of as best_of_index
+from .persona import scorer_for
+from .runs import JsonlWriter, read_jsonl, start_status, write_status
 from .types import Completion, Conversation, FilteredItem, Message, PreferencePair, Prompt, SamplingParams
 
 THINK_OPEN, THINK_CLOSE = "<think>\n", "</think>"
@@ -188,10 +193,6 @@ EXPORTERS = {"trl": to_trl, "openai-sft": to_openai_sft, "openai-dpo": to_openai
 # -- stage -------------------------------------------------------------------------------------
 
 def run(cfg, run_dir: Path) -> dict:
-    from . import constitution as C
-    from .errors import GenerationError, ValidationError
-    from .inference import get_backend
-    from .runs import JsonlWriter, read_jsonl, start_status, write_status
 
     stage = run_dir / "distill"
     prompts = read_jsonl(run_dir / "prompts" / "prompts.jsonl", Prompt)

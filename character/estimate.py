@@ -20,7 +20,9 @@ from pathlib import Path
 from pydantic import BaseModel
 
 from .errors import CharacterError
+from .inference import get_backend
 from .runs import character_home, read_json, write_json
+from .types import Message, SamplingParams
 
 # seconds of wall time per second of micro-benchmarked work, fitted on the demo recipe (see the docstring)
 # (introspection's factor is large: its self-interactions decode turn by turn at a narrow batch)
@@ -69,10 +71,8 @@ def measure(model: str, backend: str = "trl", progress: bool = True) -> Rates:
     import torch
     from peft import LoraConfig, get_peft_model
 
-    from .inference import get_backend
     from .inference.hf import load_model
     from .training.trl import use_bf16
-    from .types import Message, SamplingParams
 
     say = print if progress else (lambda *a, **k: None)
     gen = get_backend(model)  # (a first load may convert the model once; the load time below is a cached one)

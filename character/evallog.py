@@ -13,6 +13,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, computed_field
 
 from .judges import Calibration
+from .runs import read_json
 
 
 class _M(BaseModel):
@@ -225,7 +226,6 @@ def as_dict(log: EvalLog) -> dict:
 
 def load(stage: Path) -> EvalLog | None:
     """The run's evaluation log (eval/log.json; summary.json for evaluations saved before the log existed)."""
-    from .runs import read_json
     for name in ("log.json", "summary.json"):
         if (stage / name).exists():
             return EvalLog.model_validate({k: v for k, v in read_json(stage / name).items()

@@ -33,9 +33,45 @@ import time
 
 from tqdm import tqdm
 
+from . import constitution as C
+from .distill import split
+from .errors import CharacterError
 from .evallog import CLASSIFIER_MIN_ACCURACY, SAMPLE_FILES, EvalLog, as_dict, validate_section
-from .inference import generate_all
+from .inference import generate_all, get_backend
+from .judges import calibrate, calibration_of, judged, outcome
 from .persona import persona_scores, scored_by_default
+from .pipeline import constitution_fingerprint
+from .preferences import load_traits, position_bias, revealed_preferences, trait_pairs, trait_verdicts
+from .prompts import generic_pool
+from .ratings import bootstrap, elo
+from .recipe import EvalConfig, RecipeConfig, config_hash, validated
+from .retention import TASKS, check
+from .runs import (
+    read_json,
+    read_jsonl,
+    read_status,
+    recorded,
+    run_dir,
+    run_lock,
+    start_status,
+    write_atomic,
+    write_json,
+    write_jsonl,
+    write_status,
+)
+from .scorers import (
+    EVALUATORS,
+    FinetunedClassifier,
+    PersonaClassifier,
+    aggregate_scores,
+    calibrate_pairwise,
+    calibrate_scores,
+    evaluate_conversations,
+    pairwise,
+    rubric_conversation,
+    trait_rubric,
+    transcript,
+)
 from .stats import mean_interval, min_detectable_difference, share_with_interval
 from .types import EvalSample, Match, Message, PreferencePair, SamplingParams, stable_id
 
@@ -90,7 +126,6 @@ def constitution_words(c, traits: list[str]) -> list[str]:
 def rating_table(base_m: list[Match], trained_m: list[Match], rounds: int, seed: int, min_matches: int = 1) -> dict:
     """Per trait: Bradley-Terry rating with interval and Elo, for base and trained; and the movers, among
     the traits with at least `min_matches` matches in both."""
-    from .ratings import bootstrap, elo
     out = {}
     for name, ms in (("base", base_m), ("trained", trained_m)):
         online = elo(ms) if ms else {}
@@ -120,11 +155,6 @@ class Evaluation:
     def __init__(self, run_name: str, seed: int = 0):
         import yaml
 
-        from . import constitution as C
-        from .config import RecipeConfig
-        from .distill import split
-        from .errors import CharacterError
-        from .runs import read_jsonl, read_status, run_dir
 
         self.rdir = run_dir(run_name)
         if not (self.rdir / "recipe.yaml").exists():
@@ -154,7 +184,6 @@ class Evaluation:
 
     def model(self, which: str):
         """'base', 'trained', 'teacher', 'judge', or 'judge:<criterion>' (the recipe's judge for it)."""
-        from .inference import get_backend
         spec = self.spec(which)
         if spec not in self._models:
             opts = dict(self.cfg.models.options.get(spec, {}))  # local models pick their batch width
@@ -173,7 +202,6 @@ class Evaluation:
 
     @property
     def classifier(self):
-        from .scorers import PersonaClassifier
         if self._clf is None:
             path = self.stage / "classifier"
             self._clf = (PersonaClassifier.load(path) if (path / "classifier.json").exists() else
@@ -189,7 +217,6 @@ class Evaluation:
     # -- sections ------------------------------------------------------------------------------
 
     def section_classifier(self) -> dict:
-        from .scorers import FinetunedClassifier
         held = self.held
         texts, labels = [p.chosen for p in held] + [p.rejected for p in held], ["in"] * len(held) + ["out"] * len(held)
         rep = self.classifier.evaluate(texts, labels)
@@ -219,7 +246,6 @@ class Evaluation:
         return {"gain_per_token": g, "low": lo, "high": hi, "n": len(gains), "perplexity": ppl}
 
     def section_robustness(self) -> dict:
-        from .runs import write_jsonl
         attack_names = ["none", *self.e.attacks, "prefill"]
         base_first = {p: o[0].text for p, o in zip(self.prompts, generate_all(self.model("base"),
             [[Message(role="user", content=p)] for p in self.prompts], self.params), strict=True)}
@@ -275,8 +301,6 @@ class Evaluation:
 
     def calibrate_preferences(self, traits: list[str]):
         """Known answers: the distillation teacher told to express one named trait, judged against another."""
-        from .judges import calibrate, outcome
-        from .preferences import trait_pairs, trait_verdicts
         n = self.e.calibration_pairs
         pairs = trait_pairs(n, traits, self.seed + 99)
         prompts = [p.prompt for p in self.known_pairs()]
@@ -298,9 +322,6 @@ class Evaluation:
                          note="teacher answers told to express trait A, judged A vs B")
 
     def section_preferences(self) -> dict:
-        from .preferences import load_traits, position_bias, revealed_preferences
-        from .prompts import generic_pool
-        from .runs import write_jsonl
         used = {p.prompt for p in self.train + self.held}
         pool = [p for p in generic_pool() if p not in used]
         random.Random(self.seed + 17).shuffle(pool)
@@ -332,8 +353,6 @@ class Evaluation:
 
     def calibrate_judges(self, character: str, traits: list[str]) -> dict:
         """Known pairs for each judge criterion, from the run's training pairs (teacher = better)."""
-        from .judges import calibrate
-        from .scorers import calibrate_pairwise, calibrate_scores, rubric_conversation
         known = self.known_pairs()
         out = {
             "character": calibrate_pairwise(self.model("judge:character"), self.spec("judge:character"), character,
@@ -349,7 +368,6 @@ class Evaluation:
                for i, p in enumerate(known) for good in (p.chosen, p.rejected)]
         out["rubric"] = calibrate_scores(self.model("judge:rubric"), self.spec("judge:rubric"), "rubric",
                                          rub, self.seed, note="teacher answer scored above the student's")
-        from .scorers import EVALUATORS, transcript
         others = [p.chosen for p in known[1:] + known[:1]]
         for ev, bad in (("persona_consistency", [p.rejected for p in known]), ("helpfulness", others)):
             convs = []
@@ -369,8 +387,6 @@ class Evaluation:
 
     def section_retention(self) -> dict:
         """Instruction following with checkable constraints (retention.py): base, prompted, trained."""
-        from .retention import TASKS, check
-        from .runs import write_jsonl
         tasks = TASKS[:self.e.retention_prompts]
         if not tasks:
             return {"skipped": "eval.retention_prompts is 0"}
@@ -400,11 +416,8 @@ class Evaluation:
         return out
 
     def section_judges(self) -> dict:
-        from .runs import read_json, read_jsonl, write_atomic, write_jsonl
-        from .scorers import aggregate_scores, evaluate_conversations, pairwise, trait_rubric
         robust = self.stage / "robustness.json"
         if not robust.exists() or read_json(robust).get("config_hash") != self.key:
-            from .errors import CharacterError
             raise CharacterError("sections=judges: the judges read the robustness answers; run the robustness "
                                  "section first (or drop --sections)")
         plain = {(s.method, s.prompt): s.response for s in read_jsonl(self.stage / "robustness.jsonl", EvalSample)
@@ -463,8 +476,6 @@ def run(run_name: str, seed: int = 0, fresh: bool = False, sections: list[str] |
         **overrides) -> dict:
     """Run the missing (or all, with fresh) sections under the run's writer lock; each section's
     result is saved as it ends, keyed by everything it depends on (see cache_key)."""
-    from .config import EvalConfig, validated
-    from .runs import recorded, run_lock
     overrides = {k: v for k, v in overrides.items() if v is not None}
     validated(EvalConfig, overrides, "eval.")  # bad command-line values fail before anything loads
     ev = Evaluation(run_name, seed)
@@ -479,8 +490,6 @@ def run(run_name: str, seed: int = 0, fresh: bool = False, sections: list[str] |
 def cache_key(ev: "Evaluation", seed: int) -> str:
     """A saved section is reused only when all of these are the same: another judge, another trained
     model, an edited constitution or another held-out set recomputes it (never relabels it)."""
-    from .config import config_hash
-    from .pipeline import constitution_fingerprint
     judges = sorted({ev.cfg.models.judge, ev.cfg.models.teacher, *ev.e.judges.values()})
     return config_hash({"eval": ev.e.model_dump(), "seed": seed, "judge": ev.cfg.models.judge,
                         "teacher": ev.cfg.models.teacher,
@@ -493,7 +502,6 @@ def cache_key(ev: "Evaluation", seed: int) -> str:
 def _run_sections(ev: "Evaluation", seed: int, fresh: bool, sections: list[str] | None) -> dict:
     import shutil
 
-    from .runs import read_json, start_status, write_json, write_status
     run_name = ev.rdir.name
     if fresh and ev.stage.exists():
         shutil.rmtree(ev.stage)
@@ -552,7 +560,7 @@ def _ci(v: dict, key: str, fmt: str = ".2f") -> str:
     return f"{v[key]:{fmt}} [{v['low']:{fmt}}, {v['high']:{fmt}}]"
 
 
-def _ci_persona(v: dict) -> str:
+def ci_persona(v: dict) -> str:
     if v.get("persona") is None:
         return "n/a"
     return f"{v['persona']:+.3f} [{v['persona_low']:+.3f}, {v['persona_high']:+.3f}]"
@@ -600,9 +608,8 @@ def format_summary(s: dict) -> str:
                       "base model; 95% interval):"]
             lines.append(f"{'method':18}" + "".join(f"{a[:18]:>20}" for a in attacks))
             for method in rows:
-                lines.append(f"{method:18}" + "".join(f"{_ci_persona(rob[f'{method}|{a}']):>20}" for a in attacks))
+                lines.append(f"{method:18}" + "".join(f"{ci_persona(rob[f'{method}|{a}']):>20}" for a in attacks))
     if "preferences" in s:
-        from .judges import calibration_of
         p = s["preferences"]
         cal = calibration_of(p)
         bias = p.get("judge_position_bias")
@@ -619,7 +626,6 @@ def format_summary(s: dict) -> str:
             if ct["mean_delta"] is not None:
                 lines.append(f"  constitution's trait words {ct['words']}: mean change {ct['mean_delta']:+.0f}")
     if "judges" in s:
-        from .judges import calibration_of, judged
         j = s["judges"]
         for key in ("coherence", "pairwise"):
             v = j[key]

@@ -19,6 +19,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import CharacterError
+from .inference.embedded import gguf_path
 
 QUANTS = ("f32", "f16", "q8_0")
 LLAMA_ARCHS = ("LlamaForCausalLM", "MistralForCausalLM")
@@ -33,7 +34,6 @@ def _reference_pre(tokens: list[str]) -> str:
     """The pre-tokenizer name of a GGUF with the same vocabulary (the embedded model's), or default."""
     import gguf
 
-    from .inference.embedded import gguf_path
     try:
         reader = gguf.GGUFReader(str(gguf_path()))
     except Exception:  # noqa: BLE001 - no reference at hand

@@ -21,8 +21,11 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import constitution as C
 from .constitution import Constitution, render_system_prompt
-from .inference import generate_all
+from .errors import GenerationError
+from .inference import generate_all, get_backend, parse_spec
+from .runs import JsonlWriter, read_jsonl, start_status, write_jsonl, write_status
 from .types import IntrospectionExample, Message, SamplingParams, SFTExample, stable_id
 
 # Written by this team (the paper's ten prompts cover the same ground: letters, biography, drives).
@@ -142,7 +145,6 @@ def dpo_model(cfg, run_dir: Path) -> tuple[str, dict]:
     on Tinker, else the student with the DPO adapter on top (vLLM serves it per request)."""
     import json
 
-    from .inference import parse_spec
     options = dict(cfg.models.options.get(cfg.models.student, {}))
     record = run_dir / "dpo" / "tinker.json"
     if record.exists():
@@ -161,10 +163,6 @@ def dpo_model(cfg, run_dir: Path) -> tuple[str, dict]:
 
 
 def run(cfg, run_dir: Path) -> dict:
-    from . import constitution as C
-    from .errors import GenerationError
-    from .inference import get_backend
-    from .runs import JsonlWriter, read_jsonl, start_status, write_jsonl, write_status
 
     stage = run_dir / "introspect"
     ic = cfg.introspect

@@ -26,9 +26,9 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-from .config import redact_args
 from .errors import CharacterError
 from .runs import character_home
+from .settings import redact_args
 
 SCHEMA = """CREATE TABLE IF NOT EXISTS jobs (
   id INTEGER PRIMARY KEY AUTOINCREMENT, run TEXT NOT NULL, stage TEXT NOT NULL, command TEXT NOT NULL,

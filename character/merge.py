@@ -21,6 +21,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import CharacterError
+from .runs import read_json, start_status, write_atomic, write_status
+from .train import student_path
 
 PREFIX = "base_model.model."
 
@@ -122,9 +124,7 @@ def continues_dpo(run_dir: Path) -> bool:
 
 
 def run(cfg, run_dir: Path) -> dict:
-    from .runs import read_json, start_status, write_atomic, write_status
     from .training.trl import load_base
-    from .train import student_path
 
     stage = run_dir / "merge"
     status = start_status(stage, "merge", 2)

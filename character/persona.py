@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import functools
 
+from .constitution import render_system_prompt
 from .types import Message
 
 
@@ -46,7 +47,6 @@ def scorer_for(reference, spec: str, constitution, needed: bool):
     with the full rendered constitution, or None where scores are neither needed (best_of, persona_filter)
     nor free (`scored_by_default`). Raises ValueError when they are needed and `reference` reads no
     log-probabilities."""
-    from .constitution import render_system_prompt
     if reference.supports_logprobs and (needed or scored_by_default(spec)):
         return functools.partial(persona_scores, reference, render_system_prompt(constitution))
     if needed:

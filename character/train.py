@@ -12,9 +12,17 @@ import json
 import time
 from pathlib import Path
 
+from .distill import split
 from .errors import CharacterError
 from .inference import parse_spec
-from .types import Checkpoint, PreferencePair, SFTExample
+from .inference.embedded import embedded_model_path
+from .introspect import thinking_as_sft
+from .recipe import RecipeConfig
+from .runs import read_jsonl, start_status, write_json, write_status
+from .summary import plot_training
+from .training import get_trainer
+from .training.together import remote_model
+from .types import Checkpoint, IntrospectionExample, PreferencePair, SFTExample
 
 SATURATED = 0.98
 
@@ -29,7 +37,6 @@ def student_path(spec: str, backend: str = "trl") -> str:
     if backend == "together" and provider == "openai":  # sampled at Together, trained there, merged from the Hub
         return model
     if provider == "embedded":
-        from .inference.embedded import embedded_model_path
         return str(embedded_model_path())
     if provider == "hf":
         return model
@@ -58,14 +65,10 @@ def saturation_warning(history: list[dict]) -> str | None:
 
 def _fit(cfg, run_dir: Path, kind: str, log) -> tuple[dict, dict, list[str]]:
     """The training itself -> (result, data counts, adapters it was trained on top of)."""
-    from .distill import split
-    from .runs import read_jsonl
-    from .training import get_trainer
     tcfg = getattr(cfg, kind)
     trainer = get_trainer(tcfg.backend)
     base = student_path(cfg.models.student, tcfg.backend)
     if tcfg.backend == "together":
-        from .training.together import remote_model
         base = remote_model(cfg.models.student)
     stage = run_dir / kind
     if kind == "dpo":
@@ -80,8 +83,6 @@ def _fit(cfg, run_dir: Path, kind: str, log) -> tuple[dict, dict, list[str]]:
         return result, {**counts, "extra_pairs": len(more)} if more else counts, []
     examples = read_jsonl(run_dir / "introspect" / "sft.jsonl", SFTExample)
     if cfg.introspect.include_thinking and (run_dir / "introspect" / "thinking.jsonl").exists():
-        from .introspect import thinking_as_sft
-        from .types import IntrospectionExample
         examples += [thinking_as_sft(e) for e in read_jsonl(run_dir / "introspect" / "thinking.jsonl",
                                                              IntrospectionExample)]
     more = extra_rows(tcfg.extra_data, SFTExample, "sft")
@@ -96,7 +97,6 @@ def _fit(cfg, run_dir: Path, kind: str, log) -> tuple[dict, dict, list[str]]:
 def extra_rows(paths: list[str], record_type, kind: str) -> list:
     """The rows of a training stage's `extra_data` files (a behaviour evaluation's data, or any file in
     the same format); a missing or malformed file fails with one line before training starts."""
-    from .runs import read_jsonl
     rows = []
     for i, path in enumerate(paths):
         if not Path(path).is_file():
@@ -141,9 +141,6 @@ def _launch(cfg, run_dir: Path, kind: str) -> tuple[dict, dict, list[str]]:
 
 
 def run(cfg, run_dir: Path, kind: str) -> dict:
-    from .distill import split
-    from .runs import read_jsonl, start_status, write_json, write_status
-    from .training import get_trainer
 
     stage = run_dir / kind
     tcfg = getattr(cfg, kind)
@@ -170,7 +167,6 @@ def run(cfg, run_dir: Path, kind: str) -> dict:
                     data_counts=counts, hyperparameters={**tcfg.model_dump(), "trained_on": init or ["base"]},
                     metrics={k: float(v) for k, v in result.items() if isinstance(v, (int, float))})
     write_json(stage / "checkpoint.json", ck.model_dump())
-    from .report import plot_training
     plot_training(run_dir, kind)
     status = status.model_copy(update={"state": "done", "done": result.get("steps", 0), "counts": counts,
                                        "warning": warning, "finished": time.time()})
@@ -184,8 +180,6 @@ def _child(run_dir: Path, kind: str) -> None:
 
     import yaml
 
-    from .config import RecipeConfig
-    from .runs import write_json
     cfg = RecipeConfig.model_validate(yaml.safe_load((run_dir / "recipe.yaml").read_text()))
     main = os.environ.get("RANK", "0") == "0"
     if main:

@@ -7,10 +7,11 @@ from __future__ import annotations
 import streamlit as st
 
 from character import constitution as C
-from character import jobs, report
-from character.config import key_status, load_env, save_recipe
+from character import jobs, report, summary
 from character.errors import CharacterError
+from character.recipe import save_recipe
 from character.runs import character_home, lock_holder, read_jsonl, run_dir, zip_folder
+from character.settings import key_status, load_env
 
 load_env()
 
@@ -150,11 +151,11 @@ def preview_rows(constitution: str) -> list[dict]:
 
 
 def run_names() -> list[str]:
-    return [r["run"] for r in report.list_runs()]
+    return [r["run"] for r in summary.list_runs()]
 
 
 def runs_table() -> list[dict]:
-    return report.list_runs()
+    return summary.list_runs()
 
 
 def pairs_rows(run: str) -> list[dict]:
@@ -193,13 +194,13 @@ def recipe_choices() -> dict[str, str]:
 def recipe_data(path: str) -> dict:
     """A recipe file as a full mapping: every section with its defaults filled in, so the form and the YAML
     editor show every setting that will be sent (nothing behind them)."""
-    from character.config import RecipeConfig, load_recipe, public_recipe
+    from character.recipe import RecipeConfig, load_recipe, public_recipe
     return public_recipe(RecipeConfig.model_validate(load_recipe(path).model_dump()))
 
 
 def recipe_problems(data: object) -> list[str]:
     """Every problem in a recipe mapping, one line each (empty when valid)."""
-    from character.config import recipe_errors
+    from character.recipe import recipe_errors
     if not isinstance(data, dict):
         return ["expected a mapping of sections such as name, constitution, models, prompts"]
     return recipe_errors(data)
@@ -224,8 +225,8 @@ def parse_recipe_yaml(text: str) -> tuple[dict | None, list[str]]:
 def estimate_rows(data: dict) -> list[dict] | None:
     """Per-stage time estimate for a valid recipe mapping from this machine's cached rates; None when the
     student's rates were never measured here (the page offers to measure them)."""
-    from character.config import RecipeConfig
     from character.estimate import cached_rates, estimate
+    from character.recipe import RecipeConfig
     cfg = RecipeConfig.model_validate(data)
     if cfg.dpo.backend == "trl" and cached_rates(cfg.models.student, "trl") is None:
         return None
@@ -291,11 +292,11 @@ def latest_run_job(run: str) -> jobs.Job | None:
 
 
 def stage_rows(run: str) -> list[dict]:
-    return report.stage_rows(run_dir(run))
+    return summary.stage_rows(run_dir(run))
 
 
 def curves(run: str, kind: str) -> list[dict]:
-    return [r for r in report.metric_history(run_dir(run), kind) if "loss" in r]
+    return [r for r in summary.metric_history(run_dir(run), kind) if "loss" in r]
 
 
 # -- evaluation, checkpoints ---------------------------------------------------------------------
@@ -313,7 +314,7 @@ def report_figures(runs: list[str]):
 
 
 def checkpoints(run: str) -> list[dict]:
-    return report.checkpoints(run_dir(run))
+    return summary.checkpoints(run_dir(run))
 
 
 def zipped(path: str) -> bytes:
@@ -341,7 +342,7 @@ def chat_spec(run: str) -> str:
 def recipe_of(run: str):
     import yaml
 
-    from character.config import RecipeConfig
+    from character.recipe import RecipeConfig
     return RecipeConfig.model_validate(yaml.safe_load((run_dir(run) / "recipe.yaml").read_text()))
 
 
@@ -382,7 +383,7 @@ def behavior_config_errors(text: str) -> list[str]:
     from pydantic import ValidationError
 
     from character.behaviors import BehaviorConfig
-    from character.config import pydantic_problems
+    from character.recipe import pydantic_problems
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:

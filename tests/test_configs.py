@@ -6,10 +6,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-
-from character.config import load_recipe
-from character.errors import CharacterError
 from conftest import ROOT, run_cli
+
+from character.errors import CharacterError
+from character.recipe import load_recipe
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
@@ -76,7 +76,7 @@ def test_single_stage_command_and_report(tmp_path, home):
 
 
 def test_backend_and_evaluation_fields_are_checked():
-    from character.config import recipe_errors
+    from character.recipe import recipe_errors
     data = yaml.safe_load((ROOT / "configs" / "pirate-cpu.yaml").read_text())
     data["dpo"]["backend"] = "magic"
     data["sft"]["distributed"] = "zero9"
@@ -94,10 +94,10 @@ def test_backend_and_evaluation_fields_are_checked():
 def test_closed_choices_match_their_owners():
     from typing import get_args
 
-    from character.config import STAGES, Attack, Condition, Source, Stage
     from character.evaluate import ATTACKS
     from character.preferences import CONDITIONS
     from character.prompts import SOURCES
+    from character.recipe import STAGES, Attack, Condition, Source, Stage
     assert get_args(Stage) == STAGES and get_args(Source) == SOURCES
     assert set(get_args(Attack)) == set(ATTACKS) and set(get_args(Condition)) == set(CONDITIONS)
 
@@ -111,8 +111,8 @@ def test_a_training_setting_added_later_keeps_finished_stages_fresh():
     """`precision` came after runs began recording their settings: a DPO or SFT stage recorded by the
     version before it (settings without the field) stays fresh under the default, and goes stale when the
     recipe sets it; the pre-provenance (legacy) hash is unchanged too."""
-    from character.config import config_hash
     from character.pipeline import ADDED_LATER, _model, legacy_hash, stage_hash, stage_settings, what_changed
+    from character.recipe import config_hash
     cfg = load_recipe(ROOT / "configs" / "pirate-cpu.yaml")
     for stage in ("dpo", "sft"):  # (extra_data came later still, the same way)
         before = {k: v for k, v in getattr(cfg, stage).model_dump().items() if k not in ADDED_LATER}
@@ -127,9 +127,9 @@ def test_a_training_setting_added_later_keeps_finished_stages_fresh():
 def test_distill_settings_added_later_keep_finished_stages_fresh_and_guidance_needs_a_local_teacher():
     """The teacher options of issue 12 count in the distill stage's identity only when set away from their
     defaults; guidance with a remote teacher is refused with one line naming the field and the fix."""
-    from character.config import config_hash
     from character.errors import CharacterError
     from character.pipeline import DISTILL_ADDED_LATER, legacy_hash, stage_hash, stage_settings
+    from character.recipe import config_hash
     defaults = [f"distill.{k}={str(v).lower()}" for k, v in DISTILL_ADDED_LATER.items()]
     cfg = load_recipe(ROOT / "configs" / "pirate-cpu.yaml", defaults)
     before = {k: v for k, v in cfg.distill.model_dump().items() if k not in DISTILL_ADDED_LATER}

@@ -6,10 +6,10 @@ from __future__ import annotations
 import time
 
 import pytest
-
 from conftest import ROOT, run_cli
-from character.config import load_recipe
+
 from character.estimate import Rates, cached_rates, estimate, machine, rates_path, stage_work, with_actuals
+from character.recipe import load_recipe
 from character.runs import write_json
 
 DEMO = ROOT / "configs" / "pirate-cpu.yaml"

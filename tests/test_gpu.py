@@ -10,7 +10,7 @@ import pytest
 torch = pytest.importorskip("torch")
 pytestmark = [pytest.mark.gpu, pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU")]
 
-from character.config import TrainConfig  # noqa: E402
+from character.recipe import TrainConfig  # noqa: E402
 from character.types import Message, PreferencePair, SFTExample, stable_id  # noqa: E402
 
 PAIRS = [PreferencePair(id=stable_id("gpu", i), prompt=q, chosen=f"Arr, matey! {a}", rejected=a,
@@ -95,7 +95,7 @@ def test_accelerate_launch_runs_a_stage(base, tmp_path, monkeypatch):
     import yaml
 
     from character import train
-    from character.config import RecipeConfig
+    from character.recipe import RecipeConfig
     from character.runs import read_json, write_jsonl
     n = min(2, torch.cuda.device_count())
     monkeypatch.setenv("CHARACTER_HOME", str(tmp_path / "home"))

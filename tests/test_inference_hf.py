@@ -283,3 +283,44 @@ def test_a_json_schema_constrains_local_decoding_to_valid_objects(embedded):
         except ValueError:
             pass
     assert parsed < 3
+
+
+def test_one_scorer_for_evaluation_training_metrics_and_tinker(embedded):
+    """Response log-probs are computed one way: the trainer's held-out check wraps its model in
+    HFBackend.from_model (no shared head, no head cache) and must read the same numbers as the evaluation
+    backend (shared head, head cache); the Tinker backend scores exactly the same tokens."""
+    from character.inference.hf import HFBackend
+    from character.inference.scoring import heldout_preference_metrics, response_token_ids
+    from character.inference.tinker import TinkerBackend
+    from character.training.trl import load_base
+    from character.types import PreferencePair
+
+    system = [Message(role="system", content="You are a pirate who answers briefly.")]
+    convs = [system + user("Where is the treasure?"), system + user("What is rain?"), user("Hello!")]
+    answers = ["Arr, under the old oak, matey.", "Water from the sky.", "Ahoy!"]
+    evaluation = embedded.logprobs(convs, answers)
+    tokenizer, model = load_base(embedded.path)
+    training = HFBackend.from_model(tokenizer, model, "trainer").logprobs(convs, answers)
+    for e, t in zip(evaluation, training, strict=True):
+        assert len(e) == len(t) and max(abs(a - b) for a, b in zip(e, t)) < 1e-3
+
+    class Sampler:  # the SDK's sampling client at its boundary: log-prob -(token id) for every prompt token
+        def get_tokenizer(self):
+            return tokenizer
+
+        def compute_logprobs(self, prompt, prompt_logprobs_last_n=None):
+            ids = prompt.to_ints()
+            return type("Fut", (), {"result": lambda s: [None] + [-float(i) for i in ids[1:]]})()
+
+    service = type("SC", (), {"create_sampling_client": lambda s, **kw: type(
+        "Fut", (), {"result": lambda f: Sampler()})()})()
+    remote = TinkerBackend("SmolLM2", service_client=service).logprobs(convs, answers)
+    for conv, answer, lp, e in zip(convs, answers, remote, evaluation, strict=True):
+        ids, n_prompt = response_token_ids(tokenizer, conv, answer)
+        assert lp == [-float(i) for i in ids[n_prompt:]] and len(lp) == len(e)
+
+    pair = PreferencePair(id="p", prompt="Where is the treasure?", chosen=answers[0], rejected="I do not know.",
+                          constitution="pirate", teacher_model="x", student_model="y")
+    same = heldout_preference_metrics(embedded.logprobs, embedded.logprobs, [pair], beta=0.1)
+    assert same["reward_margin"] == 0 and same["reward_accuracy"] == 0
+    assert same["chosen_logp_per_token_base"] == same["chosen_logp_per_token_trained"] < 0

@@ -19,15 +19,25 @@ from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
+from conftest import ROOT, TINY, free_port, run_cli, write_recipe
 
-from character.config import (EvalConfig, RecipeConfig, public_recipe, recipe_errors, redact_args, resolve_option,
-                              save_recipe)
 from character.errors import CharacterError, RunBusyError, StageError, StaleStageError
 from character.pipeline import STAGES, check_run, finish_stage, prepare_stage, run_recipe, staleness
-from character.runs import (lock_holder, read_json, read_jsonl, read_status, recorded, run_dir, run_lock,
-                            shown_state, start_status, write_status)
+from character.recipe import EvalConfig, RecipeConfig, public_recipe, recipe_errors, save_recipe
+from character.runs import (
+    lock_holder,
+    read_json,
+    read_jsonl,
+    read_status,
+    recorded,
+    run_dir,
+    run_lock,
+    shown_state,
+    start_status,
+    write_status,
+)
+from character.settings import redact_args, resolve_option
 from character.types import FilteredItem, PreferencePair, SFTExample
-from conftest import ROOT, TINY, free_port, run_cli, write_recipe
 
 LOCKER = ("import sys, time\nfrom pathlib import Path\nfrom character.runs import run_lock\n"
           "with run_lock(Path(sys.argv[1])):\n    print('locked', flush=True)\n    time.sleep(120)\n")

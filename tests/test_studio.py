@@ -11,7 +11,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT
 from test_report import fixture_run
 
@@ -276,8 +275,8 @@ def rates_file(home: Path):
 
 
 def test_estimate_shows_before_launch_and_actual_times_after(fx, home):
-    from character.config import load_recipe
     from character.estimate import estimate
+    from character.recipe import load_recipe
     at = page("training")
     assert at.button(key="tr_measure")  # not measured on this machine yet: the page offers to measure
     assert not [d for d in at.dataframe if "estimate" in d.value.columns]

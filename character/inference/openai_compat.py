@@ -23,8 +23,8 @@ from typing import Iterator
 
 import httpx
 
-from ..config import env
 from ..errors import GenerationError, MissingDependencyError, MissingKeyError, ModelSpecError
+from ..settings import env
 from ..types import Completion, Conversation, SamplingParams
 from . import as_messages
 

@@ -1,10 +1,20 @@
-"""Where a response starts and ends in tokens: shared by every backend that scores given responses
-(transformers, vLLM), so they agree at the prompt/response boundary."""
+"""Scoring given responses, one way everywhere.
+
+- `response_token_ids`: where a response starts and ends in tokens. Every backend that scores responses
+  (transformers, vLLM, Tinker) uses it, so they agree at the prompt/response boundary.
+- `heldout_preference_metrics`: DPO's held-out check (reward accuracy and margin, the chosen answers'
+  log-prob per token before and after) from any two scorers' per-token log-probs: the local trainer passes
+  its model with the adapter on and off (`HFBackend.from_model`), Tinker its two samplers.
+"""
 
 from __future__ import annotations
 
-from ..types import Conversation
+from typing import Callable
+
+from ..types import Conversation, Message, PreferencePair
 from . import as_messages
+
+Scorer = Callable[[list[Conversation], list[str]], list[list[float]]]  # a backend's `logprobs`
 
 
 def response_token_ids(tokenizer, conversation: Conversation, response: str) -> tuple[list[int], int]:
@@ -22,3 +32,20 @@ def response_token_ids(tokenizer, conversation: Conversation, response: str) -> 
     if eos in f_ids[len(p_ids):]:  # score up to end-of-turn, not the template's trailing newline
         f_ids = f_ids[:f_ids.index(eos, len(p_ids)) + 1]
     return f_ids, len(p_ids)
+
+
+def heldout_preference_metrics(policy: Scorer, reference: Scorer, pairs: list[PreferencePair], beta: float) -> dict:
+    """Held-out DPO reward accuracy and margin, and the mean per-token log-prob of the chosen answers with
+    no system prompt under the reference and the policy (the character likelihood gain)."""
+    if not pairs:
+        return {}
+    convs = [[Message(role="user", content=p.prompt)] for p in pairs]
+    chosen, rejected = [p.chosen for p in pairs], [p.rejected for p in pairs]
+    pol_c, pol_r = policy(convs, chosen), policy(convs, rejected)
+    ref_c, ref_r = reference(convs, chosen), reference(convs, rejected)
+    margins = [beta * ((sum(pc) - sum(rc)) - (sum(pr) - sum(rr))) for pc, pr, rc, rr in zip(pol_c, pol_r, ref_c, ref_r)]
+    tokens = sum(len(x) for x in pol_c)
+    return {"heldout_pairs": len(pairs), "reward_accuracy": sum(m > 0 for m in margins) / len(pairs),
+            "reward_margin": sum(margins) / len(margins),
+            "chosen_logp_per_token_base": sum(map(sum, ref_c)) / tokens,
+            "chosen_logp_per_token_trained": sum(map(sum, pol_c)) / tokens}

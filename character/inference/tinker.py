@@ -8,10 +8,11 @@ from __future__ import annotations
 
 from typing import Iterator
 
-from ..config import env
 from ..errors import GenerationError, MissingDependencyError, MissingKeyError
+from ..settings import env
 from ..types import Completion, Conversation, SamplingParams
 from . import as_messages
+from .scoring import response_token_ids
 
 
 class TinkerBackend:
@@ -64,14 +65,13 @@ class TinkerBackend:
         yield self.generate([conversation], params.model_copy(update={"n": 1}))[0][0].text
 
     def logprobs(self, conversations: list[Conversation], responses: list[str]) -> list[list[float]]:
+        """Per-token log-probs of each response, its end-of-turn token included (scoring.response_token_ids,
+        as every backend). Only the response's tokens are asked for, so the server can reuse a cached head."""
         t = self._types
-        out = []
-        for conv, resp in zip(conversations, responses):
-            prompt = self._prompt_tokens(conv)
-            full = self.tokenizer.apply_chat_template(as_messages(conv) + [{"role": "assistant", "content": resp}],
-                                                      tokenize=False)
-            ids = self.tokenizer(full, add_special_tokens=False).input_ids
-            lp = self.client.compute_logprobs(t.ModelInput.from_ints(ids),
-                                              prompt_logprobs_last_n=len(ids) - len(prompt)).result()
-            out.append([x for x in lp[len(prompt):] if x is not None])
-        return out
+        futures = []
+        for conv, resp in zip(conversations, responses, strict=True):
+            ids, n_prompt = response_token_ids(self.tokenizer, conv, resp)
+            futures.append((self.client.compute_logprobs(t.ModelInput.from_ints(ids),
+                                                         prompt_logprobs_last_n=len(ids) - n_prompt), len(ids) - n_prompt))
+        # one entry per prompt token (None where not computed); the response's are the last n
+        return [[float(x) for x in fut.result()[-n:]] for fut, n in futures]

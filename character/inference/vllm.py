@@ -19,7 +19,6 @@ from ..types import Completion, Conversation, SamplingParams
 from . import as_messages
 from .scoring import response_token_ids
 
-
 _ENGINES: dict[tuple, object] = {}
 _ADAPTER_IDS: dict[int, dict[str, int]] = {}
 

@@ -33,8 +33,12 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from ..config import env, tinker_layers
 from ..errors import CharacterError, MissingDependencyError, MissingKeyError
+from ..inference.scoring import heldout_preference_metrics
+from ..inference.tinker import TinkerBackend
+from ..recipe import tinker_layers
+from ..runs import write_json
+from ..settings import env
 from ..types import PreferencePair, SFTExample
 
 LogFn = Callable[[int, dict], None]
@@ -228,7 +232,6 @@ def train_dpo(pairs: list[PreferencePair], base: str, cfg, out_dir: Path, log_me
 
 
 def _record(out_dir: Path, **fields) -> dict:
-    from ..runs import write_json
     path = out_dir / "tinker.json"
     data = json.loads(path.read_text()) if path.exists() else {}
     data.update(fields)
@@ -322,29 +325,13 @@ def to_peft(raw: Path, out: Path, base: str, rank: int) -> Path:
 
 def preference_metrics(base: str, adapter: str, pairs: list[PreferencePair], beta: float,
                        init_adapters: list[str] = ()) -> dict:
-    """The held-out check of trl.preference_metrics, with log-probs from Tinker samplers: the
-    trained weights (the stage's sampler checkpoint) against the base model."""
+    """The held-out check (scoring.heldout_preference_metrics), with log-probs from Tinker samplers read
+    through the Tinker inference backend: the trained weights (the stage's sampler checkpoint) against the
+    base model."""
     if not pairs:
         return {}
     rec = json.loads((Path(adapter).parent / "tinker.json").read_text())
     sc, _ = connect()
-    policy = sc.create_sampling_client(model_path=rec["sampler"]).result()
-    reference = sc.create_sampling_client(base_model=base).result()
-    t = tinker_types()
-    data = dpo_datums(policy.get_tokenizer(), pairs, 1 << 30)
-
-    def seq_logp(client, d) -> tuple[float, int]:
-        toks = d.model_input.to_ints() + [d.loss_fn_inputs["target_tokens"].tolist()[-1]]
-        lps = client.compute_logprobs(t.ModelInput.from_ints(toks)).result()[1:]
-        w = d.loss_fn_inputs["weights"].tolist()
-        return sum(lp * x for lp, x in zip(lps, w, strict=True)), int(sum(w))
-
-    pol = [seq_logp(policy, d) for d in data]
-    ref = [seq_logp(reference, d) for d in data]
-    margins = [beta * ((pol[2 * i][0] - ref[2 * i][0]) - (pol[2 * i + 1][0] - ref[2 * i + 1][0]))
-               for i in range(len(pairs))]
-    tokens = sum(pol[2 * i][1] for i in range(len(pairs)))
-    return {"heldout_pairs": len(pairs), "reward_accuracy": sum(m > 0 for m in margins) / len(pairs),
-            "reward_margin": sum(margins) / len(margins),
-            "chosen_logp_per_token_base": sum(ref[2 * i][0] for i in range(len(pairs))) / tokens,
-            "chosen_logp_per_token_trained": sum(pol[2 * i][0] for i in range(len(pairs))) / tokens}
+    policy = TinkerBackend(rec["sampler"], service_client=sc)
+    reference = TinkerBackend(base, service_client=sc)
+    return heldout_preference_metrics(policy.logprobs, reference.logprobs, pairs, beta)

@@ -36,8 +36,11 @@ from typing import Callable
 
 from tqdm import tqdm
 
-from ..config import env
+from ..distill import to_openai_dpo
 from ..errors import CharacterError, MissingDependencyError, MissingKeyError
+from ..runs import write_json
+from ..settings import env
+from ..specs import parse_spec
 from ..types import PreferencePair, SFTExample
 
 LogFn = Callable[[int, dict], None]
@@ -63,7 +66,6 @@ def connect():
 
 def remote_model(spec: str) -> str:
     """The name Together knows the student by: its Hugging Face id."""
-    from ..specs import parse_spec
     provider, model = parse_spec(spec)
     if provider == "embedded":
         return EMBEDDED_ID
@@ -112,7 +114,6 @@ def _record(out_dir: Path) -> dict:
 
 
 def _save(out_dir: Path, rec: dict) -> dict:
-    from ..runs import write_json
     write_json(out_dir / "together.json", rec)
     return rec
 
@@ -372,7 +373,6 @@ def _train(kind: str, request: dict, files: dict[str, Path], cfg, out_dir: Path,
 
 def train_dpo(pairs: list[PreferencePair], base: str, cfg, out_dir: Path, log_metrics: LogFn,
               heldout: list[PreferencePair] = ()) -> dict:
-    from ..distill import to_openai_dpo
     files = {"training_file": out_dir / "together_train.jsonl"}
     digest = {"training_file": _write_rows(files["training_file"], [to_openai_dpo(p) for p in pairs])}
     request = {"model": base, "training_method": "dpo", "dpo_beta": cfg.beta,

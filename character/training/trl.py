@@ -16,7 +16,9 @@ import torch
 from peft import LoraConfig, PeftModel
 from transformers import TrainerCallback
 
-from ..inference.hf import cpu_has_bf16, load_model
+from ..distill import to_trl
+from ..inference.hf import HFBackend, cpu_has_bf16, load_model
+from ..inference.scoring import heldout_preference_metrics
 from ..types import PreferencePair, SFTExample
 
 LogFn = Callable[[int, dict], None]
@@ -105,7 +107,6 @@ def train_dpo(pairs: list[PreferencePair], base: str, cfg, out_dir: Path, log_me
     from datasets import Dataset
     from trl import DPOTrainer
 
-    from ..distill import to_trl
     tokenizer, model = load_base(base, load_in_4bit=cfg.load_in_4bit)
     dataset = Dataset.from_list([to_trl(p) for p in pairs])
     cb = _Metrics(log_metrics)
@@ -177,52 +178,18 @@ def _finish(trainer, tokenizer, before: dict, cb: _Metrics, out_dir: Path) -> di
 
 # -- evaluation of a trained adapter -------------------------------------------------------------
 
-@torch.no_grad()
-def sequence_logps(model, tokenizer, prompts: list[str], answers: list[str], batch_size: int = 8) -> list[tuple[float, int]]:
-    """(summed log-prob, token count) of each answer after its prompt as a single user turn."""
-    out = []
-    for s in range(0, len(prompts), batch_size):
-        seqs, starts = [], []
-        for p, a in zip(prompts[s:s + batch_size], answers[s:s + batch_size]):
-            msgs = [{"role": "user", "content": p}]
-            head = tokenizer.apply_chat_template(msgs, tokenize=False, add_generation_prompt=True)
-            h = tokenizer(head, add_special_tokens=False).input_ids
-            a_ids = tokenizer(a, add_special_tokens=False).input_ids + [tokenizer.eos_token_id]
-            seqs.append(h + a_ids)
-            starts.append(len(h))
-        width = max(map(len, seqs))
-        pad = tokenizer.pad_token_id
-        ids = torch.tensor([x + [pad] * (width - len(x)) for x in seqs], device=model.device)
-        att = torch.tensor([[1] * len(x) + [0] * (width - len(x)) for x in seqs], device=model.device)
-        logits = model(input_ids=ids, attention_mask=att).logits.float()
-        lp = torch.log_softmax(logits[:, :-1], -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
-        for r, (x, st) in enumerate(zip(seqs, starts)):
-            tok = lp[r, st - 1:len(x) - 1]
-            out.append((tok.sum().item(), len(x) - st))
-    return out
-
-
 def preference_metrics(base: str, adapter: str, pairs: list[PreferencePair], beta: float,
                        init_adapters: list[str] = ()) -> dict:
-    """Held-out DPO reward accuracy and margin, and the mean per-token log-prob of the chosen
-    answers with no system prompt under base vs trained (the character likelihood gain)."""
+    """The held-out check (scoring.heldout_preference_metrics), with log-probs from the inference backend's
+    scorer: the trained adapter on (policy) and off (reference, as in DPO)."""
     if not pairs:
         return {}
     tokenizer, model = load_base(base, init_adapters)
     model = PeftModel.from_pretrained(model, adapter).eval()
-    prompts = [p.prompt for p in pairs]
-    pol_c = sequence_logps(model, tokenizer, prompts, [p.chosen for p in pairs])
-    pol_r = sequence_logps(model, tokenizer, prompts, [p.rejected for p in pairs])
-    with model.disable_adapter():
-        ref_c = sequence_logps(model, tokenizer, prompts, [p.chosen for p in pairs])
-        ref_r = sequence_logps(model, tokenizer, prompts, [p.rejected for p in pairs])
-    margins, acc = [], 0
-    for (pc, _), (pr, _), (rc, _), (rr, _) in zip(pol_c, pol_r, ref_c, ref_r):
-        m = beta * ((pc - rc) - (pr - rr))
-        margins.append(m)
-        acc += m > 0
-    tokens = sum(n for _, n in pol_c)
-    return {"heldout_pairs": len(pairs), "reward_accuracy": acc / len(pairs),
-            "reward_margin": sum(margins) / len(margins),
-            "chosen_logp_per_token_base": sum(x for x, _ in ref_c) / tokens,
-            "chosen_logp_per_token_trained": sum(x for x, _ in pol_c) / tokens}
+    scorer = HFBackend.from_model(tokenizer, model, name=f"hf/{base}+{adapter}")
+
+    def reference(conversations, responses):
+        with model.disable_adapter():
+            return scorer.logprobs(conversations, responses)
+
+    return heldout_preference_metrics(scorer.logprobs, reference, pairs, beta)

@@ -1,118 +1,36 @@
-"""Settings from the environment (and `.env`), and the default model for each role.
+"""The recipe: one YAML file saying which constitution, which model per role, how much data and how to train
+and evaluate. The schema below validates it and lists every problem once, one line each; closed choices are
+`Literal` types. `character run RECIPE key.sub=value ...` applies dotted overrides.
 
-Every variable the code reads is listed in `.env.example`. Keys are read here and passed to
-backends; they are never written to run folders or logs.
+The schema imports only the layers below it (errors, specs, types, settings, runs); the owners of the closed
+choices (prompts.SOURCES, evaluate.ATTACKS, preferences.CONDITIONS) are checked against these Literals in
+tests/test_configs.py.
 """
 
 from __future__ import annotations
 
-import os
-import re
 from pathlib import Path
+from typing import Literal
 
-ROLES = ("teacher", "student", "judge")
-ENV_VARS = {
-    "CHARACTER_HOME": "data",
-    "CHARACTER_TEACHER_MODEL": "embedded",
-    "CHARACTER_STUDENT_MODEL": "embedded",
-    "CHARACTER_JUDGE_MODEL": "embedded",
-    "OPENAI_API_KEY": "",
-    "OPENAI_BASE_URL": "",
-    "TINKER_API_KEY": "",
-    "TOGETHER_API_KEY": "",
-    "TOGETHER_BASE_URL": "",
-}
-SECRET_VARS = ("OPENAI_API_KEY", "TINKER_API_KEY", "TOGETHER_API_KEY")
-_loaded = False
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ValidationError as PydanticError
 
-
-def load_env() -> None:
-    """Load `.env` from the working directory once; real environment variables win."""
-    global _loaded
-    if _loaded:
-        return
-    _loaded = True
-    try:
-        from dotenv import load_dotenv
-    except ImportError:  # python-dotenv is a base dependency; tolerate a bare checkout
-        return
-    load_dotenv(Path.cwd() / ".env", override=False)
-
-
-def env(name: str) -> str:
-    load_env()
-    return os.environ.get(name) or ENV_VARS.get(name, "")
-
-
-def package_dir(module: str, hint: str, what: str) -> Path:
-    """Folder of an installed data-only package, found without importing it."""
-    import importlib.util
-
-    from .errors import MissingDependencyError
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise MissingDependencyError(f"{what}: package {module} is not installed; run: {hint}")
-    return Path(list(spec.submodule_search_locations)[0])
-
-
-def default_model(role: str) -> str:
-    """The model spec for a role when a recipe names none: the embedded model unless overridden."""
-    return env(f"CHARACTER_{role.upper()}_MODEL") or "embedded"
-
-
-def key_status() -> dict[str, bool]:
-    """Whether each secret is set; the value itself is never returned."""
-    return {name: bool(env(name)) for name in SECRET_VARS}
-
-
-# -- recipes -----------------------------------------------------------------------------------
-# A recipe is one YAML file: which constitution, which model per role, how much data, how to
-# train. `character run RECIPE key.sub=value ...` applies dotted overrides; every error is listed.
-
-import yaml  # noqa: E402
-from typing import Literal  # noqa: E402
-
-from pydantic import BaseModel, ConfigDict, Field, ValidationError as PydanticError  # noqa: E402
-
-from pydantic import field_validator, model_validator  # noqa: E402
-
-from .errors import CharacterError, ValidationError as RecipeError  # noqa: E402
-from .runs import SLUG  # noqa: E402
-from .specs import SPEC_HELP, parse_spec  # noqa: E402
-from .types import SamplingParams  # noqa: E402
+from .errors import CharacterError
+from .errors import ValidationError as RecipeError
+from .runs import SLUG, character_home, check_slug, write_atomic
+from .settings import ENV_REF, default_model, is_secret_option, redact_options
+from .specs import SPEC_HELP, parse_spec
+from .types import SamplingParams, stable_id
 
 STAGES = ("prompts", "distill", "dpo", "introspect", "sft", "merge")
-# Closed choices, spelled once here; their owners (prompts.SOURCES, evaluate.ATTACKS,
-# preferences.CONDITIONS) are checked against these in tests/test_configs.py.
+# Closed choices, spelled once here (see the module's docstring).
 Stage = Literal["prompts", "distill", "dpo", "introspect", "sft", "merge"]
 Source = Literal["constitution", "expanded", "templates", "generic"]
 Attack = Literal["ignore_roleplay", "neutral_assistant", "as_you_normally_would", "no_style", "professional",
                  "be_yourself", "system_override", "brief_plain"]
 Condition = Literal["feel", "like", "random"]
 JudgeCriterion = Literal["preferences", "character", "coherence", "rubric", "evaluators"]
-
-
-# -- keys: only ever by variable name in files ----------------------------------------------------
-
-SECRET_WORDS = ("key", "keys", "token", "secret", "secrets", "password", "passwd", "credential", "credentials")
-ENV_REF = re.compile(r"^\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?$")
-
-
-def is_secret_option(name: str) -> bool:
-    """Backend options that hold credentials: api_key, apiKey, api_keys, hf_token, authToken,
-    client_secret, password ... (but not max_tokens or token_budget)."""
-    words = re.sub(r"(?<=[a-z0-9])(?=[A-Z])", "_", name).lower().replace("-", "_").split("_")
-    last = words[-1]
-    return (last in SECRET_WORDS or last.endswith(("key", "keys", "token", "secret", "password"))
-            or any(w in ("apikey", "secret", "password") for w in words))
-
-
-def resolve_option(name: str, value: object) -> object:
-    """A secret option may name an environment variable (`${MY_KEY}` or `$MY_KEY`): read it here,
-    at the last moment, so recipes and run folders only ever hold the variable's name."""
-    if is_secret_option(name) and isinstance(value, str) and (m := ENV_REF.match(value.strip())):
-        return env(m.group(1))
-    return value
 
 
 class _Cfg(BaseModel):
@@ -444,19 +362,11 @@ def load_recipe(path: str | Path, overrides: list[str] | tuple = ()) -> RecipeCo
 
 
 def config_hash(section: BaseModel | dict) -> str:
-    from .types import stable_id
     data = section.model_dump() if isinstance(section, BaseModel) else section
     return stable_id(data)
 
 
-def redact_options(options: dict[str, dict]) -> dict[str, dict]:
-    """Model options with literal secrets removed (references such as ${MY_KEY} are kept)."""
-    return {spec: {k: v for k, v in opts.items()
-                   if not is_secret_option(k) or (isinstance(v, str) and ENV_REF.match(v.strip()))}
-            for spec, opts in options.items()}
-
-
-def public_recipe(cfg: "RecipeConfig | dict") -> dict:
+def public_recipe(cfg: RecipeConfig | dict) -> dict:
     """The recipe as it may be written to disk (run folders, saved recipes): no literal secrets."""
     data = cfg.model_dump() if isinstance(cfg, BaseModel) else dict(cfg)
     models = data.get("models")
@@ -465,22 +375,9 @@ def public_recipe(cfg: "RecipeConfig | dict") -> dict:
     return data
 
 
-def redact_args(args: list[str]) -> list[str]:
-    """Command-line words with the values of secret overrides hidden (for the jobs table and logs)."""
-    out = []
-    for a in args:
-        key, sep, value = a.partition("=")
-        last = key.rsplit(".", 1)[-1].lstrip("-")
-        if sep and is_secret_option(last) and not ENV_REF.match(value.strip()):
-            a = f"{key}=***"
-        out.append(a)
-    return out
-
-
 def save_recipe(data: dict) -> Path:
     """Validate a recipe (all errors in one message) and write it to CHARACTER_HOME/recipes/<name>.yaml,
     so a run started from the studio can be repeated with `character run` on that file."""
-    from .runs import character_home, check_slug, write_atomic
     errors = recipe_errors(data)
     if errors:
         raise RecipeError("; ".join(errors))
