@@ -42,6 +42,7 @@ from .errors import CharacterError, StaleStageError
 from .inference import generate_all, get_backend
 from .inference.structured import StructuredFailure, generate_structured_batch
 from .judges import Calibration, calibrate, judged, label_probs, outcome, reads_labels
+from .log import say
 from .pipeline import check_distinct as distinct
 from .pipeline import run_processes, what_changed
 from .prompts import is_near_duplicate, normalise
@@ -467,7 +468,7 @@ def _generate(backend, convs: list[list[Message]], params: SamplingParams) -> li
     return [c[0].text for c in generate_all(backend, convs, params)] if convs else []
 
 
-def rollout(cfg: BehaviorConfig, bdir: Path, evaluator, backends: dict[str, object], say=print) -> dict:
+def rollout(cfg: BehaviorConfig, bdir: Path, evaluator, backends: dict[str, object], say=say) -> dict:
     scenarios = read_jsonl(bdir / "ideate" / "scenarios.jsonl", Scenario)
     path = bdir / "rollout" / "transcripts.jsonl"
     done = {t.id for t in read_jsonl(path, Transcript)}
@@ -582,7 +583,7 @@ def _text_verdicts(cfg: BehaviorConfig, judge, convs: list[list[Message]]) -> li
     return [None if isinstance(o, StructuredFailure) else o for o in out]
 
 
-def judge_stage(cfg: BehaviorConfig, bdir: Path, evaluator, judge, say=print) -> dict:
+def judge_stage(cfg: BehaviorConfig, bdir: Path, evaluator, judge, say=say) -> dict:
     u = Understanding.model_validate(read_json(bdir / "understand" / "understanding.json"))
     transcripts = read_jsonl(bdir / "rollout" / "transcripts.jsonl", Transcript)
     path = bdir / "judge" / "judgments.jsonl"
@@ -722,7 +723,7 @@ def wanted_stages(stages: list[str] | None) -> list[str]:
     return [s for s in STAGES if s in (stages or STAGES)]
 
 
-def run(cfg: BehaviorConfig, stages: list[str] | None = None, restart: bool = False, say=print) -> dict:
+def run(cfg: BehaviorConfig, stages: list[str] | None = None, restart: bool = False, say=say) -> dict:
     """Run the wanted stages in order under the behaviour folder's writer lock; finished, fresh stages are
     skipped; a stale one is refused unless `restart` (which redoes the first wanted stage and those after)."""
     wanted = wanted_stages(stages)

@@ -26,6 +26,7 @@ import yaml
 
 from . import behaviors as B
 from . import constitution as C
+from . import log
 from .conversations import ContextSet, generate_contexts, run_conversations
 from .distill import EXPORTERS, make_pairs
 from .errors import CharacterError
@@ -34,6 +35,7 @@ from .evaluate import SECTIONS, format_summary, perplexity
 from .evaluate import run as run_evaluation
 from .gguf_export import export_gguf
 from .inference import get_backend
+from .log import say
 from .persona import scorer_for
 from .pipeline import check_distinct_runs, run_parallel, run_recipe, summary
 from .prompts import build_prompts
@@ -56,11 +58,6 @@ from .runs import (
 from .scorers import PersonaClassifier
 from .settings import default_model, load_env
 from .types import Match, Message, PreferencePair, SamplingParams, stable_id
-
-
-def _progress(msg: str) -> None:
-    print(msg, file=sys.stderr, flush=True)
-
 
 # -- constitution ------------------------------------------------------------------------------
 
@@ -106,7 +103,7 @@ def cmd_constitution_import(args) -> int:
         raise CharacterError(f"out={str(out)!r}: file exists; choose another --out or --name, or pass --force")
     bare = [t for t in c.traits if not t.questions]
     if bare and args.model:
-        _progress(f"writing {args.questions} questions for each of {len(bare)} traits with {args.model} ...")
+        say(f"writing {args.questions} questions for each of {len(bare)} traits with {args.model} ...")
         c = C.fill_questions(c, get_backend(args.model), args.questions, args.seed)
     out = C.save(c, out, overwrite=args.force)
     print(f"wrote {out} ({len(c.traits)} traits, {len(c.questions)} questions)")
@@ -123,7 +120,7 @@ def cmd_constitution_draft(args) -> int:
         if out.exists() and not args.force:
             raise CharacterError(f"out={args.out!r}: file exists; choose another path or pass --force")
     spec = args.model or default_model("teacher")
-    _progress(f"drafting with {spec} ...")
+    say(f"drafting with {spec} ...")
     c = C.draft_constitution(args.target, get_backend(spec), name=args.name, n_traits=args.traits,
                              n_questions=args.questions, seed=args.seed)
     out = C.save(c, Path(args.out) if args.out else None, overwrite=args.force)
@@ -256,7 +253,7 @@ def cmd_run(args) -> int:
                  *(["--set", *args.set] if args.set else [])]
         return run_parallel(args.recipes, extra, args.parallel)
     for cfg in cfgs:
-        outcome = run_recipe(cfg, args.stages, args.restart, say=_progress)
+        outcome = run_recipe(cfg, args.stages, args.restart, say=say)
         print(summary(outcome))
     return 0
 
@@ -265,7 +262,7 @@ def cmd_stage(args) -> int:
     """One stage: `prompts|distill|introspect|merge RECIPE` or `train dpo|sft RECIPE`."""
     stage = args.command if args.command != "train" else args.kind
     cfg = load_recipe(args.recipe, args.set)
-    outcome = run_recipe(cfg, [stage], args.restart, say=_progress)
+    outcome = run_recipe(cfg, [stage], args.restart, say=say)
     print(summary(outcome))
     return 0
 
@@ -613,7 +610,7 @@ def export_gguf_cmd(args) -> int:
     if not (rdir / "merge" / "model" / "config.json").exists() or not st or st.state != "done":
         raise CharacterError(f"run={args.run!r}: no finished merged model to export; run the pipeline through merge")
     out = Path(args.out).resolve() if args.out else rdir / "export" / f"{args.run}-{args.quant}.gguf"
-    _progress(f"writing {out} ({args.quant}) ...")
+    say(f"writing {out} ({args.quant}) ...")
     if out.is_relative_to(rdir.resolve()):
         with run_lock(rdir):
             export_gguf(rdir / "merge" / "model", out, args.quant)
@@ -646,7 +643,7 @@ def cmd_behaviors_run(args) -> int:
         extra = [*(["--stages", *args.stages] if args.stages else []), *(["--restart"] if args.restart else [])]
         return B.run_parallel(args.configs, extra, args.parallel)
     for cfg in cfgs:
-        outcome = B.run(cfg, args.stages, args.restart, say=_progress)
+        outcome = B.run(cfg, args.stages, args.restart, say=say)
         summary_file = B.behavior_dir(cfg.name) / "judge" / "summary.json"
         if summary_file.exists() and "judge" in outcome["results"]:
             print(B.format_summary(read_json(summary_file)))
@@ -725,6 +722,7 @@ def _terminate(signum, frame):
 
 def main(argv: list[str] | None = None) -> int:
     load_env()
+    log.setup()
     if threading.current_thread() is threading.main_thread():
         signal.signal(signal.SIGTERM, _terminate)
     argv = list(sys.argv[1:] if argv is None else argv)

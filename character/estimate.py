@@ -19,6 +19,7 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
+from . import log
 from .errors import CharacterError
 from .inference import get_backend
 from .runs import character_home, read_json, write_json
@@ -74,7 +75,7 @@ def measure(model: str, backend: str = "trl", progress: bool = True) -> Rates:
     from .inference.hf import load_model
     from .training.trl import use_bf16
 
-    say = print if progress else (lambda *a, **k: None)
+    say = log.say if progress else (lambda *a, **k: None)
     gen = get_backend(model)  # (a first load may convert the model once; the load time below is a cached one)
     say(f"measuring generation with {model} ...")
     prompts = [[Message(role="user", content=f"Tell me something about {w}.")]

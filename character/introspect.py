@@ -15,7 +15,6 @@ assistant turn.
 from __future__ import annotations
 
 import random
-import sys
 import time
 from pathlib import Path
 
@@ -25,6 +24,7 @@ from . import constitution as C
 from .constitution import Constitution, render_system_prompt
 from .errors import GenerationError
 from .inference import generate_all, get_backend, parse_spec
+from .log import logger, say
 from .runs import JsonlWriter, read_jsonl, start_status, write_jsonl, write_status
 from .types import IntrospectionExample, Message, SamplingParams, SFTExample, stable_id
 
@@ -180,7 +180,7 @@ def run(cfg, run_dir: Path) -> dict:
         todo = [p for p in prompts
                 if not all(stable_id("reflection", p, j, sampling.seed) in done for j in range(ic.samples_per_prompt))]
         if todo:
-            print(f"self-reflection: {len(todo)} prompts x {ic.samples_per_prompt} answers", flush=True)
+            say(f"self-reflection: {len(todo)} prompts x {ic.samples_per_prompt} answers")
             for row in reflections(c, model, todo, ic.samples_per_prompt, sampling, failures):
                 if row.id not in done:
                     w.write(row)
@@ -196,8 +196,8 @@ def run(cfg, run_dir: Path) -> dict:
     if ic.thinking_examples:
         qs = [q for _, q in c.questions][: ic.thinking_examples]
         if len(qs) < ic.thinking_examples:
-            print(f"introspect: {len(qs)} of {ic.thinking_examples} thinking examples: the constitution has only "
-                  f"{len(qs)} hand-written questions", file=sys.stderr)
+            logger.warning(f"introspect: {len(qs)} of {ic.thinking_examples} thinking examples: the constitution "
+                           f"has only {len(qs)} hand-written questions")
         think = thinking(c, model, qs, sampling)
         write_jsonl(stage / "thinking.jsonl", think)
     rows = read_jsonl(sft_path, SFTExample)

@@ -28,11 +28,12 @@ from . import constitution as C
 from . import distill, introspect, prompts, train
 from .errors import CharacterError, MissingKeyError, StaleStageError
 from .inference import parse_spec
+from .log import say
 from .recipe import STAGES, RecipeConfig, config_hash, public_recipe
-from .summary import run_summary
 from .runs import read_status, recorded, run_lock, write_atomic, write_status
 from .runs import run_dir as run_dir_for
 from .settings import ENV_REF, env, is_secret_option
+from .summary import run_summary
 from .train import extra_rows
 from .types import PreferencePair, SFTExample, StageStatus, stable_id
 
@@ -226,7 +227,7 @@ def run_stage(cfg: RecipeConfig, rdir: Path, stage: str) -> dict:
         return train.run(cfg, rdir, stage)
     if stage == "introspect":
         return introspect.run(cfg, rdir)
-    from . import merge
+    from . import merge  # heavy: torch (loaded only when the merge runs)
     return merge.run(cfg, rdir)
 
 
@@ -263,7 +264,7 @@ def wanted_stages(cfg: RecipeConfig, stages: list[str] | None) -> list[str]:
 
 
 def run_recipe(cfg: RecipeConfig, stages: list[str] | None = None, restart: bool | str = False,
-               say=print) -> dict:
+               say=say) -> dict:
     """Run the wanted stages under the run's writer lock. `restart`: True redoes the first wanted
     stage and everything after it; a stage name redoes that stage and everything after it."""
     rdir = run_dir_for(cfg.name)

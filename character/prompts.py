@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import random
 import re
-import sys
 from importlib import resources
 from pathlib import Path
 
@@ -23,6 +22,7 @@ from tqdm import tqdm
 from . import constitution as C
 from .constitution import Constitution
 from .inference import generate_all, get_backend
+from .log import logger, say
 from .runs import start_status, write_jsonl, write_status
 from .types import Message, Prompt, SamplingParams, stable_id
 
@@ -188,15 +188,15 @@ def run(cfg, run_dir: Path) -> list[Prompt]:
     bare = [t.trait for t in c.traits if not t.questions]
     if bare and cfg.prompts.mix.get("constitution", 0) > 0:
         # traits imported without questions: the teacher writes theirs, and they stand in the constitution's share
-        print(f"prompts: {len(bare)} of {len(c.traits)} traits have no questions; {model} writes "
-              f"{cfg.prompts.expand_per_trait} for each (source 'expanded')", file=sys.stderr)
+        say(f"prompts: {len(bare)} of {len(c.traits)} traits have no questions; {model} writes "
+            f"{cfg.prompts.expand_per_trait} for each (source 'expanded')")
         written = (expand_questions(c, writer(), cfg.prompts.expand_per_trait, cfg.seed, only=bare)
                    if expanded is None else {t: expanded.get(t, []) for t in bare})
         empty = [t for t in bare if not written.get(t)]
         if empty:
-            print(f"prompts: warning: {model} wrote no usable questions for {len(empty)} trait(s) (first: "
-                  f"{empty[0][:60]!r}); they get no prompts of their own. Write questions for them, or use a "
-                  "stronger teacher", file=sys.stderr)
+            logger.warning(f"prompts: warning: {model} wrote no usable questions for {len(empty)} trait(s) (first: "
+                           f"{empty[0][:60]!r}); they get no prompts of their own. Write questions for them, or "
+                           "use a stronger teacher")
     else:
         written = {}
     prompts = build_prompts(c, cfg.prompts.total, cfg.prompts.mix, cfg.seed, cfg.prompts.persona_hint_rate, expanded,
