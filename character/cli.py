@@ -22,7 +22,6 @@ import sys
 import threading
 from pathlib import Path
 
-import yaml
 
 from . import behaviors as B
 from . import constitution as C
@@ -40,7 +39,7 @@ from .persona import scorer_for
 from .pipeline import check_distinct_runs, run_parallel, run_recipe, summary
 from .prompts import build_prompts
 from .ratings import bootstrap, elo
-from .recipe import STAGES, load_recipe
+from .recipe import STAGES, RecipeError, load_recipe, recipe_of_run
 from .report import run_summary, write_report
 from .runs import (
     SLUG,
@@ -166,8 +165,10 @@ def resolve_chat_target(target: str | None) -> tuple[str, dict, str]:
     if target and SLUG.match(target) and target != "embedded" and (runs_root() / target).is_dir():
         rdir = runs_root() / target
         base = "embedded"
-        if (rdir / "recipe.yaml").exists():
-            base = (yaml.safe_load((rdir / "recipe.yaml").read_text()).get("models") or {}).get("student", base)
+        try:
+            base = recipe_of_run(rdir).models.student
+        except RecipeError:  # no recipe.yaml (a run folder made by hand) or an old one: chat on, with the default
+            pass
         if (rdir / "merge" / "model" / "config.json").exists():
             return f"hf/{rdir / 'merge' / 'model'}", {}, base
         adapters = [str(rdir / k / "adapter") for k in ("dpo",) if (rdir / k / "adapter").exists()]

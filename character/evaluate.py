@@ -44,7 +44,7 @@ from .pipeline import constitution_fingerprint
 from .preferences import load_traits, position_bias, revealed_preferences, trait_pairs, trait_verdicts
 from .prompts import generic_pool
 from .ratings import bootstrap, elo
-from .recipe import EvalConfig, RecipeConfig, config_hash, validated
+from .recipe import EvalConfig, config_hash, recipe_of_run, validated
 from .retention import TASKS, check
 from .runs import (
     read_json,
@@ -153,13 +153,10 @@ class Evaluation:
     """Holds what every section needs (models, prompts, classifier); each section is a method."""
 
     def __init__(self, run_name: str, seed: int = 0):
-        import yaml
-
-
         self.rdir = run_dir(run_name)
         if not (self.rdir / "recipe.yaml").exists():
             raise CharacterError(f"run={run_name!r}: no such run; start one with `character run RECIPE`")
-        self.cfg = RecipeConfig.model_validate(yaml.safe_load((self.rdir / "recipe.yaml").read_text()))
+        self.cfg = recipe_of_run(self.rdir)
         self.model_dir = self.rdir / "merge" / "model"
         merged = read_status(self.rdir / "merge")
         if not (self.model_dir / "config.json").exists() or not merged or merged.state != "done":

@@ -23,6 +23,7 @@ import time
 from pathlib import Path
 
 import yaml
+from pydantic import BaseModel
 
 from . import constitution as C
 from . import distill, introspect, prompts, train
@@ -263,8 +264,16 @@ def wanted_stages(cfg: RecipeConfig, stages: list[str] | None) -> list[str]:
     return wanted
 
 
+class RunOutcome(BaseModel):
+    """What `run_recipe` did: per stage, its status record (counts, filters, warnings; read back by the summary,
+    the report and the studio from status.json) and the seconds it took in this call (absent: skipped)."""
+    run: Path
+    stages: dict[str, StageStatus]
+    timings: dict[str, float]
+
+
 def run_recipe(cfg: RecipeConfig, stages: list[str] | None = None, restart: bool | str = False,
-               say=say) -> dict:
+               say=say) -> RunOutcome:
     """Run the wanted stages under the run's writer lock. `restart`: True redoes the first wanted
     stage and everything after it; a stage name redoes that stage and everything after it."""
     rdir = run_dir_for(cfg.name)
@@ -284,19 +293,20 @@ def run_recipe(cfg: RecipeConfig, stages: list[str] | None = None, restart: bool
             for s in STAGES[STAGES.index(first):]:
                 shutil.rmtree(rdir / s, ignore_errors=True)
         write_atomic(rdir / "recipe.yaml", yaml.safe_dump(public_recipe(cfg), sort_keys=False))
-        results, timings = {}, {}
+        results: dict[str, StageStatus] = {}
+        timings: dict[str, float] = {}
         for stage in wanted:
             st = read_status(rdir / stage)
             if st and st.state == "done" and not staleness(cfg, rdir, stage):
                 say(f"[{stage}] done already, skipped")
-                results[stage] = {"skipped": True, "done": st.done}
+                results[stage] = st
                 continue
             say(f"[{stage}] running ...")
             t = time.time()
             prepare_stage(cfg, rdir, stage)
             try:
                 with recorded(rdir / stage, stage):
-                    results[stage] = run_stage(cfg, rdir, stage)
+                    run_stage(cfg, rdir, stage)
             except KeyboardInterrupt:
                 say(f"[{stage}] stopped; run the same command to resume")
                 raise
@@ -305,12 +315,13 @@ def run_recipe(cfg: RecipeConfig, stages: list[str] | None = None, restart: bool
                 raise
             finish_stage(rdir, stage)
             timings[stage] = time.time() - t
+            results[stage] = read_status(rdir / stage)
             say(f"[{stage}] finished in {timings[stage]:.0f}s")
-    return {"run": str(rdir), "results": results, "timings": timings}
+    return RunOutcome(run=rdir, stages=results, timings=timings)
 
 
-def summary(outcome: dict) -> str:
-    return run_summary(Path(outcome["run"]), outcome.get("timings", {}))
+def summary(outcome: RunOutcome) -> str:
+    return run_summary(outcome.run, outcome.timings)
 
 
 def check_distinct(names: list[str], paths: list[str], what: str, fix: str) -> None:

@@ -366,6 +366,18 @@ def config_hash(section: BaseModel | dict) -> str:
     return stable_id(data)
 
 
+def recipe_of_run(rdir: Path) -> RecipeConfig:
+    """The recipe a run was started with (runs/<run>/recipe.yaml, written by the pipeline), read in one place."""
+    path = rdir / "recipe.yaml"
+    if not path.is_file():
+        raise RecipeError(f"run={rdir.name!r}: no recipe.yaml there; start the run with `character run RECIPE`")
+    try:
+        return RecipeConfig.model_validate(yaml.safe_load(path.read_text(encoding="utf-8")))
+    except (PydanticError, yaml.YAMLError) as e:
+        raise RecipeError(f"run={rdir.name!r}: its recipe.yaml does not validate ({str(e).splitlines()[0][:160]}); "
+                          "run it again with `character run RECIPE`") from None
+
+
 def public_recipe(cfg: RecipeConfig | dict) -> dict:
     """The recipe as it may be written to disk (run folders, saved recipes): no literal secrets."""
     data = cfg.model_dump() if isinstance(cfg, BaseModel) else dict(cfg)

@@ -17,7 +17,7 @@ from .errors import CharacterError
 from .inference import parse_spec
 from .inference.embedded import embedded_model_path
 from .introspect import thinking_as_sft
-from .recipe import RecipeConfig
+from .recipe import recipe_of_run
 from .runs import read_jsonl, start_status, write_json, write_status
 from .summary import plot_training
 from .training import get_trainer
@@ -178,9 +178,7 @@ def _child(run_dir: Path, kind: str) -> None:
     """One process of a multi-GPU stage (started by `_launch` through `accelerate launch`)."""
     import os
 
-    import yaml
-
-    cfg = RecipeConfig.model_validate(yaml.safe_load((run_dir / "recipe.yaml").read_text()))
+    cfg = recipe_of_run(run_dir)
     main = os.environ.get("RANK", "0") == "0"
     if main:
         log, handle = _metrics_logger(run_dir / kind / "metrics.jsonl")

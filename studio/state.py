@@ -9,7 +9,7 @@ import streamlit as st
 from character import constitution as C
 from character import jobs, report, summary
 from character.errors import CharacterError
-from character.recipe import save_recipe
+from character.recipe import recipe_of_run, save_recipe
 from character.runs import character_home, lock_holder, read_jsonl, run_dir, zip_folder
 from character.settings import key_status, load_env
 
@@ -340,10 +340,7 @@ def chat_spec(run: str) -> str:
 
 
 def recipe_of(run: str):
-    import yaml
-
-    from character.recipe import RecipeConfig
-    return RecipeConfig.model_validate(yaml.safe_load((run_dir(run) / "recipe.yaml").read_text()))
+    return recipe_of_run(run_dir(run))
 
 
 def home() -> str:
