@@ -27,8 +27,10 @@ preferences.jsonl, matches_*.jsonl, judges.jsonl, retention.jsonl, summary.json,
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
+import shutil
 import time
 
 from tqdm import tqdm
@@ -103,7 +105,6 @@ def attack_conversations(prompt: str, attack: str, system: str | None) -> list[M
 def perplexity(backend, conversations: list[list[Message]]) -> dict:
     """Per-token perplexity of every assistant turn given what precedes it (the seeds' per-agent
     perplexity): exp(-total log-prob / total tokens)."""
-    import math
     ctx, resp = [], []
     for conv in conversations:
         for i, m in enumerate(conv):
@@ -497,7 +498,6 @@ def cache_key(ev: "Evaluation", seed: int) -> str:
 
 
 def _run_sections(ev: "Evaluation", seed: int, fresh: bool, sections: list[str] | None) -> dict:
-    import shutil
 
     run_name = ev.rdir.name
     if fresh and ev.stage.exists():

@@ -14,6 +14,7 @@ assistant turn.
 
 from __future__ import annotations
 
+import json
 import random
 import time
 from pathlib import Path
@@ -143,7 +144,6 @@ def thinking_as_sft(ex: IntrospectionExample) -> SFTExample:
 def dpo_model(cfg, run_dir: Path) -> tuple[str, dict]:
     """The DPO-trained student as a backend spec and options: a Tinker sampler checkpoint when DPO ran
     on Tinker, else the student with the DPO adapter on top (vLLM serves it per request)."""
-    import json
 
     options = dict(cfg.models.options.get(cfg.models.student, {}))
     record = run_dir / "dpo" / "tinker.json"

@@ -16,6 +16,7 @@ One active job per run: `launch` refuses a second (and the run lock would stop i
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
 import signal
@@ -126,7 +127,6 @@ def launch(run: str, stage: str, args: list[str], env: dict | None = None) -> Jo
 def _die_with_parent() -> None:
     """In the command's process, before exec: SIGTERM when the supervisor dies (Linux)."""
     try:
-        import ctypes
         ctypes.CDLL(None).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
     except (OSError, AttributeError):
         pass

@@ -18,12 +18,14 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import os
 import re
 import tempfile
 import time
 import traceback
+import zipfile
 from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
@@ -294,8 +296,6 @@ def shown_state(rdir: Path, status: StageStatus) -> str:
 
 def zip_folder(path: Path) -> bytes:
     """A folder as zip bytes (for downloads)."""
-    import io
-    import zipfile
     buf = io.BytesIO()
     with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as z:
         for f in sorted(path.rglob("*")):

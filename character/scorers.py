@@ -27,6 +27,7 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 from pydantic import BaseModel, ConfigDict, Field
 
 from .errors import CharacterError
@@ -119,7 +120,6 @@ class PersonaClassifier:
         return clf
 
     def features(self, texts: list[str]):
-        import numpy as np
         return np.hstack([self.embedder(texts), style_vectorizer().transform(texts).toarray()])
 
     def predict(self, texts: list[str]) -> list[str]:

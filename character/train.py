@@ -9,7 +9,12 @@ per-token log-prob of their chosen answers with no system prompt under base vs t
 from __future__ import annotations
 
 import json
+import os
+import shutil
+import subprocess
+import sys
 import time
+from importlib import resources
 from pathlib import Path
 
 from .distill import split
@@ -111,15 +116,11 @@ def extra_rows(paths: list[str], record_type, kind: str) -> list:
 
 def accelerate_config(strategy: str) -> Path:
     """The shipped accelerate config for ddp, fsdp or zero3 (cpu: several CPU processes, gloo)."""
-    from importlib import resources
     return Path(str(resources.files("character").joinpath(f"data/accelerate/{strategy}.yaml")))
 
 
 def _launch(cfg, run_dir: Path, kind: str) -> tuple[dict, dict, list[str]]:
     """Run `_fit` under `accelerate launch` on num_processes GPUs; rank 0 writes result.json."""
-    import shutil
-    import subprocess
-    import sys
     tcfg = getattr(cfg, kind)
     if not shutil.which("accelerate") and not (Path(sys.executable).parent / "accelerate").exists():
         raise CharacterError(f"{kind}.num_processes={tcfg.num_processes}: needs accelerate; run: pip install -e '.[train]'")
@@ -176,7 +177,6 @@ def run(cfg, run_dir: Path, kind: str) -> dict:
 
 def _child(run_dir: Path, kind: str) -> None:
     """One process of a multi-GPU stage (started by `_launch` through `accelerate launch`)."""
-    import os
 
     cfg = recipe_of_run(run_dir)
     main = os.environ.get("RANK", "0") == "0"
@@ -194,5 +194,4 @@ def _child(run_dir: Path, kind: str) -> None:
 
 
 if __name__ == "__main__":
-    import sys
     _child(Path(sys.argv[1]), sys.argv[2])

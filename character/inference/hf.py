@@ -27,6 +27,8 @@ try:
     from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaForCausalLM, TextIteratorStreamer
 except ImportError as e:  # pragma: no cover - depends on installed extras
     raise MissingDependencyError(f"backend 'hf' needs {e.name}; run: pip install -e '.[train]'") from None
+from tqdm import tqdm
+
 from . import shared_head  # noqa: E402  (imports transformers: after the check above)
 
 
@@ -298,7 +300,6 @@ class HFBackend:
         results: list[Completion | None] = [None] * len(convs)
         bar = None
         if progress:
-            from tqdm import tqdm
             bar = tqdm(total=len(convs), desc=f"generate {self.name}", unit="seq")
         cached: tuple[list[int], object] | None = None  # the last head's cache (groups are consecutive)
         for b, (head, batch) in enumerate(plan):
