@@ -28,11 +28,13 @@ def main() -> int:
     home = Path(tempfile.mkdtemp(prefix="estimate-"))
     os.environ["CHARACTER_HOME"] = str(home)
     sys.path.insert(0, str(ROOT))
+    from character import log
     from character.estimate import estimate, measure
     from character.recipe import load_recipe
-    from character.report import stage_rows
+    from character.summary import stage_rows
     from character.runs import run_dir
 
+    log.setup()  # the measurement's progress lines
     recipe = ROOT / "configs" / "pirate-cpu.yaml"
     cfg = load_recipe(recipe, args.set)
     rates = measure(cfg.models.student, cfg.dpo.backend)

@@ -22,6 +22,7 @@ import sys
 import threading
 from pathlib import Path
 
+import yaml
 
 from . import behaviors as B
 from . import constitution as C
@@ -167,8 +168,9 @@ def resolve_chat_target(target: str | None) -> tuple[str, dict, str]:
         base = "embedded"
         try:
             base = recipe_of_run(rdir).models.student
-        except RecipeError:  # no recipe.yaml (a run folder made by hand) or an old one: chat on, with the default
-            pass
+        except RecipeError:  # a folder made by hand, or a recipe from an older version: its student as written
+            raw = yaml.safe_load((rdir / "recipe.yaml").read_text()) if (rdir / "recipe.yaml").is_file() else None
+            base = ((raw or {}).get("models") or {}).get("student", base) if isinstance(raw, dict) else base
         if (rdir / "merge" / "model" / "config.json").exists():
             return f"hf/{rdir / 'merge' / 'model'}", {}, base
         adapters = [str(rdir / k / "adapter") for k in ("dpo",) if (rdir / k / "adapter").exists()]

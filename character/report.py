@@ -433,8 +433,9 @@ def _frame(header: list[str], rows: list[list[str]]):
     """A table as a DataFrame: one column per header entry, every cell text."""
     try:
         import pandas as pd  # heavy: pandas (`character run` imports this module for its summary)
+        import tabulate  # noqa: F401 - pandas' to_markdown needs it
     except ImportError:
-        raise MissingDependencyError("the report card needs pandas; run: pip install -e '.[train]'") from None
+        raise MissingDependencyError("the report card needs pandas and tabulate; run: pip install -e '.[train]'") from None
     return pd.DataFrame(rows, columns=header)
 
 

@@ -12,7 +12,10 @@ import os
 import re
 from pathlib import Path
 
-from dotenv import load_dotenv
+try:
+    from dotenv import load_dotenv
+except ImportError:  # python-dotenv is a base dependency; tolerate a bare checkout
+    load_dotenv = None
 
 from .errors import MissingDependencyError
 
@@ -38,7 +41,8 @@ def load_env() -> None:
     if _loaded:
         return
     _loaded = True
-    load_dotenv(Path.cwd() / ".env", override=False)
+    if load_dotenv is not None:
+        load_dotenv(Path.cwd() / ".env", override=False)
 
 
 def env(name: str) -> str:

@@ -25,7 +25,13 @@ def metric_history(rdir: Path, kind: str) -> list[dict]:
     p = rdir / kind / "metrics.jsonl"
     if not p.exists():
         return []
-    return [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    rows = []
+    for line in p.read_text().splitlines():
+        try:
+            rows.append(json.loads(line))
+        except json.JSONDecodeError:  # a blank line, or the last one cut short by a killed trainer
+            continue
+    return rows
 
 
 def list_runs() -> list[dict]:

@@ -71,7 +71,8 @@ class TinkerBackend:
         futures = []
         for conv, resp in zip(conversations, responses, strict=True):
             ids, n_prompt = response_token_ids(self.tokenizer, conv, resp)
-            futures.append((self.client.compute_logprobs(t.ModelInput.from_ints(ids),
-                                                         prompt_logprobs_last_n=len(ids) - n_prompt), len(ids) - n_prompt))
+            n = len(ids) - n_prompt
+            futures.append((self.client.compute_logprobs(t.ModelInput.from_ints(ids), prompt_logprobs_last_n=n)
+                            if n else None, n))
         # one entry per prompt token (None where not computed); the response's are the last n
-        return [[float(x) for x in fut.result()[-n:]] for fut, n in futures]
+        return [[float(x) for x in fut.result()[-n:]] if n else [] for fut, n in futures]
