@@ -33,6 +33,16 @@ Condition = Literal["feel", "like", "random"]
 JudgeCriterion = Literal["preferences", "character", "coherence", "rubric", "evaluators"]
 
 
+def known_spec(spec: str, where: str = "") -> str:
+    """A `provider/model` spec the backends know, or a validation message naming it."""
+    try:
+        parse_spec(spec)
+    except CharacterError:
+        shown = f" {spec!r}" if where else ""
+        raise ValueError(f"{where}unknown model spec{shown}; {SPEC_HELP}") from None
+    return spec
+
+
 class _Cfg(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -56,11 +66,7 @@ class ModelsConfig(_Cfg):
     @field_validator("teacher", "student", "judge")
     @classmethod
     def _spec(cls, v: str) -> str:
-        try:
-            parse_spec(v)
-        except CharacterError:
-            raise ValueError(f"unknown model spec; {SPEC_HELP}") from None
-        return v
+        return known_spec(v)
 
 
 class PromptsConfig(_Cfg):
@@ -224,10 +230,7 @@ class EvalConfig(_Cfg):
     @classmethod
     def _judge_specs(cls, v: dict) -> dict:
         for criterion, spec in v.items():
-            try:
-                parse_spec(spec)
-            except CharacterError:
-                raise ValueError(f"{criterion}: unknown model spec {spec!r}; {SPEC_HELP}") from None
+            known_spec(spec, f"{criterion}: ")
         return v
 
 
