@@ -27,6 +27,7 @@ import yaml
 from . import behaviors as B
 from . import constitution as C
 from . import log
+from .agents import cohort
 from .conversations import ContextSet, generate_contexts, run_conversations
 from .distill import EXPORTERS, make_pairs
 from .errors import CharacterError
@@ -688,6 +689,24 @@ def add_behaviors(sub) -> None:
     bsh.set_defaults(func=cmd_behaviors_show)
 
 
+# -- agents from their own words ----------------------------------------------------------------
+
+def cmd_agents_import(args) -> int:
+    cfg = cohort.load_config(args.recipe)
+    status = cohort.import_corpus(cfg)
+    print(cohort.format_import(status))
+    print(f"data in {cohort.cohort_dir(cfg.name) / 'data'}")
+    return 0
+
+
+def add_agents(sub) -> None:
+    a = sub.add_parser("agents", help="agents from their own words: one model per person from their corpus")
+    asub = a.add_subparsers(dest="action", required=True)
+    ai = asub.add_parser("import", help="read, check and split a cohort's corpus and motions (configs/council-cpu.yaml)")
+    ai.add_argument("recipe", help="agents recipe YAML")
+    ai.set_defaults(func=cmd_agents_import)
+
+
 # -- studio ------------------------------------------------------------------------------------
 
 def cmd_studio(args) -> int:
@@ -714,7 +733,7 @@ def build_parser() -> argparse.ArgumentParser:
                                 "training, evaluation and chat.")
     sub = p.add_subparsers(dest="command", required=True)
     for add in (add_constitution, add_chat, add_pipeline, add_contexts, add_conversations, add_eval, add_preview,
-                add_estimate, add_report, add_export, add_behaviors, add_studio):  # the order of `--help`
+                add_estimate, add_report, add_export, add_behaviors, add_agents, add_studio):  # the order of `--help`
         add(sub)
     return p
 

@@ -74,10 +74,10 @@ def llama_server(tmp_path_factory):
 
 TINY = {
     "name": "tiny", "constitution": "pirate", "seed": 1,
-    "prompts": {"total": 24, "mix": {"constitution": 0.75, "generic": 0.25}},
+    "prompts": {"total": 16, "mix": {"constitution": 0.75, "generic": 0.25}},
     "distill": {"batch_size": 8, "heldout": 0.25, "drop_truncated": False,
                 "sampling": {"max_tokens": 48, "temperature": 0.7, "repetition_penalty": 1.1}},
-    "dpo": {"rank": 8, "alpha": 16, "lr": 5e-4, "nll": 1.0, "epochs": 3, "batch_size": 6, "max_length": 160,
+    "dpo": {"rank": 8, "alpha": 16, "lr": 5e-4, "nll": 1.0, "epochs": 2, "batch_size": 6, "max_length": 160,
             "warmup_ratio": 0.0},
     "introspect": {"reflection_prompts": 2, "samples_per_prompt": 1, "interactions": 1, "turns": 3,
                    "sampling": {"max_tokens": 40, "temperature": 0.7}},

@@ -42,7 +42,7 @@ def check_draft_outcome(r, out):
 
 @pytest.mark.slow
 def test_cli_draft_with_embedded_model(tmp_path):
-    """Constrained decoding (lm-format-enforcer, with the drafts' string patterns) makes the embedded model's
+    """Constrained decoding (llguidance, with the drafts' string patterns) makes the embedded model's
     draft succeed: a valid file, every trait a first-person sentence with questions."""
     out = tmp_path / "keeper.yaml"
     r = run_cli("constitution", "draft", "a grumpy lighthouse keeper who loves astronomy", "--out", str(out),

@@ -8,14 +8,20 @@ import pytest
 import yaml
 from conftest import ROOT, run_cli
 
+from character.agents import cohort
 from character.errors import CharacterError
 from character.recipe import load_recipe
 
 
 @pytest.mark.parametrize("path", sorted((ROOT / "configs").glob("*.yaml")), ids=lambda p: p.name)
 def test_shipped_recipes_load(path):
-    cfg = load_recipe(path)
     first = path.read_text().splitlines()[0]
+    if first.startswith("# character agents"):  # a cohort recipe (agents from their own words)
+        cfg = cohort.load_config(path)
+        assert first.endswith(" configs/" + path.name)
+        assert cfg.agents and all(Path(p).exists() for p in cfg.corpus) and Path(cfg.motions).is_file()
+        return
+    cfg = load_recipe(path)
     assert first.startswith("# character run configs/" + path.name)
     assert cfg.name and cfg.constitution
 

@@ -258,7 +258,7 @@ def test_persona_score_rises_when_the_system_prompt_explains_the_answer(embedded
 
 @pytest.mark.slow
 def test_a_json_schema_constrains_local_decoding_to_valid_objects(embedded):
-    """With a schema, every answer of the embedded model is JSON that validates (lm-format-enforcer); the
+    """With a schema, every answer of the embedded model is JSON that validates (llguidance); the
     same requests without it do not come back as JSON."""
     from character.behaviors import ScenarioDraft
     from character.inference.structured import extract_json

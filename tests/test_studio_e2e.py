@@ -72,6 +72,7 @@ def test_the_studio_end_to_end_in_a_browser(studio, tmp_path):
     with sync_playwright() as p:
         browser = p.chromium.launch(executable_path=CHROMIUM, headless=True, args=["--no-sandbox"])
         pg = browser.new_page(viewport={"width": 1400, "height": 1100})
+        t0 = time.time()
 
         def field(label):
             loc = pg.get_by_label(label, exact=True)
@@ -81,6 +82,7 @@ def test_the_studio_end_to_end_in_a_browser(studio, tmp_path):
         def shot(name):
             pg.wait_for_timeout(1500)
             pg.screenshot(path=str(shots / f"{name}.png"), full_page=True)
+            print(f"[e2e] {time.time() - t0:6.0f}s  {name}", file=sys.stderr)  # where the test's time goes (-s)
 
         # 1. Constitutions: a bad name shows the library's message and writes nothing; then a good one saves
         pg.goto(url)
@@ -151,6 +153,7 @@ def test_the_studio_end_to_end_in_a_browser(studio, tmp_path):
         pg.get_by_text("Quick evaluation").click()
         pg.get_by_role("button", name="Measure this machine's speed").click()
         wait_for(lambda: (home / "rates" / "embedded-trl.json").exists(), 300, "the speed measurement")
+        print(f"[e2e] {time.time() - t0:6.0f}s  speed measured", file=sys.stderr)
         pg.get_by_text("Pipeline (prompts to merge): about").wait_for(timeout=60_000)  # the estimate, before launch
         pg.get_by_role("button", name="Save recipe and prepare data only").click()
         pg.get_by_text("Recipe saved").wait_for(timeout=30_000)
@@ -167,6 +170,7 @@ def test_the_studio_end_to_end_in_a_browser(studio, tmp_path):
             wait_for(lambda: stage.is_enabled(), 60, f"the {button} button")  # the last job let go of the run
             stage.click()
             wait_for(lambda: done(marker), 1200, button)
+            print(f"[e2e] {time.time() - t0:6.0f}s  {button} done", file=sys.stderr)
         pg.get_by_text("DPO: loss and reward margin per step").wait_for(timeout=60_000)
         shot("training")
         report = pg.get_by_role("button", name="Report card", exact=True)

@@ -17,6 +17,8 @@ import threading
 from pathlib import Path
 from typing import Iterator
 
+import numpy as np
+
 from ..errors import MissingDependencyError, ModelSpecError
 from ..types import Completion, Conversation, SamplingParams
 from . import as_messages
@@ -154,9 +156,9 @@ class HFBackend:
     supports_logprobs = True
     supports_guidance = True  # generate(..., negatives=, guidance=)
     supports_prefill = True
-    # generate(..., json_schema=) decodes only schema-valid JSON where lm-format-enforcer is installed (the train
-    # extra); without it, structured calls fall back to the schema in the prompt and a prefill
-    supports_json_schema = importlib.util.find_spec("lmformatenforcer") is not None
+    # generate(..., json_schema=) decodes only schema-valid JSON where llguidance is installed (the train extra);
+    # without it, structured calls fall back to the schema in the prompt and a prefill
+    supports_json_schema = importlib.util.find_spec("llguidance") is not None
 
     def __init__(self, model: str, name: str | None = None, adapters: list[str] | None = None,
                  device: str | None = None, batch_size: int | None = None, logprob_batch_size: int = 8,
@@ -363,44 +365,40 @@ class HFBackend:
         return out[:, x.shape[1]:].tolist()
 
     def _json_constraint(self, json_schema: dict, prompt_width: int):
-        """transformers' `prefix_allowed_tokens_fn` for one batch: lm-format-enforcer's JSON-schema parser
-        walks the tokens generated so far (after the prompt's `prompt_width`) and names the tokens that may
-        come next; the end-of-sequence token only once the object is complete."""
+        """transformers' `prefix_allowed_tokens_fn` for one batch: per row, an llguidance matcher for the schema
+        takes the tokens generated since the last step (after the prompt's `prompt_width`) and names, as a bit
+        mask over the vocabulary, the tokens that may come next; the stop tokens only once the object is
+        complete. Whitespace between JSON items is not allowed (a small model would spend its tokens on it)."""
         try:
-            from lmformatenforcer import JsonSchemaParser, TokenEnforcer
+            import llguidance
         except ImportError:
-            raise MissingDependencyError("schema-constrained decoding needs lm-format-enforcer; "
+            raise MissingDependencyError("schema-constrained decoding needs llguidance; "
                                          "run: pip install -e '.[train]'") from None
-        enforcer = TokenEnforcer(self._enforcer_vocab(), JsonSchemaParser(json_schema))
+        grammar = llguidance.LLMatcher.grammar_from_json_schema(
+            json_schema, overrides={"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "})
+        stops = torch.tensor(sorted(self._stop_ids()))
+        rows: dict[int, tuple[llguidance.LLMatcher, list[int]]] = {}
 
-        def allowed(batch_id: int, input_ids) -> list[int]:
-            return enforcer.get_allowed_tokens(input_ids[prompt_width:].tolist()).allowed_tokens
+        def allowed(batch_id: int, input_ids: torch.Tensor) -> torch.Tensor:
+            if batch_id not in rows:
+                rows[batch_id] = (llguidance.LLMatcher(self._guidance_tokenizer(), grammar, log_level=0), [0])
+            matcher, seen = rows[batch_id]
+            new = input_ids[prompt_width + seen[0]:].tolist()
+            seen[0] += len(new)
+            if new and not matcher.is_stopped():
+                matcher.consume_tokens(new)
+            if matcher.is_stopped() or matcher.is_error():  # a finished row (its later tokens are padding)
+                return stops
+            bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
+            return torch.from_numpy(np.flatnonzero(bits[:len(self.tokenizer)]))
         return allowed
 
-    def _enforcer_vocab(self):
-        """The tokenizer as lm-format-enforcer sees it (built once per backend): each regular token's text
-        as it reads after another token, so a token that starts a word keeps its leading space; tokens that
-        are only part of a multi-byte character are left out. (Its own
-        transformers helper imports a module transformers 5 moved; the core API takes this table.)"""
-        if getattr(self, "_vocab", None) is None:
-            from lmformatenforcer import TokenEnforcerTokenizerData
-            tok = self.tokenizer
-            size = len(tok)
-            special = set(tok.all_special_ids)
-            zero = tok.encode("0", add_special_tokens=False)[-1]
-            table = []
-            for i in range(size):
-                if i in special:
-                    continue
-                after = tok.decode([zero, i])[1:]
-                if "\ufffd" in after:  # a piece of a multi-byte character: the parser cannot follow it, and
-                    continue  # lm-format-enforcer ends the answer at a dead end (seen: an emoji mid-string)
-                table.append((i, after, len(after) > len(tok.decode([i]))))
-
-            def decode(ids: list[int]) -> str:
-                return tok.decode(ids).rstrip("\ufffd")
-            self._vocab = TokenEnforcerTokenizerData(table, decode, sorted(self._stop_ids()), False, size)
-        return self._vocab
+    def _guidance_tokenizer(self):
+        """The tokenizer as llguidance reads it (built once per backend, about a second), with our stop tokens."""
+        if getattr(self, "_ll_tokenizer", None) is None:
+            import llguidance.hf
+            self._ll_tokenizer = llguidance.hf.from_tokenizer(self.tokenizer, eos_token=sorted(self._stop_ids()))
+        return self._ll_tokenizer
 
     def stream(self, conversation: Conversation, params: SamplingParams) -> Iterator[str]:
         streamer = TextIteratorStreamer(self.tokenizer, skip_prompt=True, skip_special_tokens=True)

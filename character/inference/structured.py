@@ -1,7 +1,7 @@
 """Structured output: ask for JSON matching a pydantic model, validate, re-ask with the error.
 
 Backends that can guide decoding by a schema get the schema: OpenAI-compatible servers and vLLM
-guide it themselves, and local transformers models (embedded, hf/) decode under lm-format-enforcer, so
+guide it themselves, and local transformers models (embedded, hf/) decode under llguidance, so
 each answer is JSON valid for the schema (or cut off at max_tokens). Backends that cannot get it in
 the prompt and, where the caller gives one, an assistant prefill that opens the JSON. Invalid answers are re-asked with the validation error a bounded
 number of times; what still fails comes back as a `StructuredFailure` (batch) or raises
@@ -62,12 +62,13 @@ def schema_instruction(schema: type[BaseModel], example: bool = True) -> str:
 def local_schema(schema: type[BaseModel]) -> dict:
     """The JSON schema a local constrained decoder enforces: the model's schema plus the string patterns it
     names in a `patterns` class variable (field -> regex; for a list field, each item), so the decoder also
-    keeps the form the validators check (a trait is 'I' and three more words). Servers get the
-    plain schema: llama.cpp, for one, falls back to unguided JSON on a `pattern`."""
+    keeps the form the validators check (a trait is 'I' and three more words). A JSON-schema pattern matches
+    anywhere in the string unless anchored, so each is anchored at both ends. Servers get the plain schema:
+    llama.cpp, for one, falls back to unguided JSON on a `pattern`."""
     js = schema.model_json_schema()
     for name, regex in getattr(schema, "patterns", {}).items():
         prop = js["properties"][name]
-        (prop["items"] if prop.get("type") == "array" else prop)["pattern"] = regex
+        (prop["items"] if prop.get("type") == "array" else prop)["pattern"] = f"^(?:{regex})$"
     return js
 
 

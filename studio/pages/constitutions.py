@@ -112,7 +112,7 @@ with raw:
 with draft:
     st.caption("A model drafts persona, traits and questions in small structured steps. Local models (embedded, "
                "hf/...) decode under the draft's JSON schema, so a draft always comes back; the embedded 135M "
-               "model's drafts are weak (2-3 minutes for 3 traits on 2 cores), so read and edit it, or draft "
+               "model's drafts are weak (about half a minute for 3 traits on 2 cores), so read and edit it, or draft "
                "with a stronger model (an OpenAI-compatible one; Settings shows which keys are set).")
     description = st.text_area("Describe the persona", key="draft_desc")
     a, b, c, d = st.columns([2, 2, 1, 1])
