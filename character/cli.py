@@ -28,6 +28,8 @@ from . import behaviors as B
 from . import constitution as C
 from . import log
 from .agents import cohort
+from .agents import measure as agents_measure
+from .agents import train as agents_train
 from .conversations import ContextSet, generate_contexts, run_conversations
 from .distill import EXPORTERS, make_pairs
 from .errors import CharacterError
@@ -699,12 +701,49 @@ def cmd_agents_import(args) -> int:
     return 0
 
 
+def cmd_agents_train(args) -> int:
+    cfg = cohort.load_config(args.recipe)
+    points = agents_train.grid_points(cfg)
+    if args.point is not None:
+        if not 0 <= args.point < len(points):
+            raise CharacterError(f"--point={args.point}: the recipe's grid has {len(points)} point(s), 0-{len(points) - 1}")
+        for agent in args.only or cfg.agents:
+            agents_train.train_one(cfg, agent, points[args.point])
+        return 0
+    return agents_train.train_all(cfg, args.recipe, args.only, args.parallel)
+
+
+def cmd_agents_eval(args) -> int:
+    cfg = cohort.load_config(args.recipe)
+    point = agents_train.grid_points(cfg)[args.point]
+    out = cohort.cohort_dir(cfg.name) / "eval" / agents_train.point_id(cfg, point)
+    if "perplexity" in args.sections:
+        r = agents_measure.run_perplexity(cfg, point, out)
+        print(agents_measure.format_perplexity(r))
+    if "votes" in args.sections:
+        r = agents_measure.run_votes(cfg, point, out)
+        print(agents_measure.format_votes(r))
+    print(f"results in {out}")
+    return 0
+
+
 def add_agents(sub) -> None:
     a = sub.add_parser("agents", help="agents from their own words: one model per person from their corpus")
     asub = a.add_subparsers(dest="action", required=True)
     ai = asub.add_parser("import", help="read, check and split a cohort's corpus and motions (configs/council-cpu.yaml)")
     ai.add_argument("recipe", help="agents recipe YAML")
     ai.set_defaults(func=cmd_agents_import)
+    at = asub.add_parser("train", help="train and merge one model per agent (and grid point); resumes")
+    at.add_argument("recipe", help="agents recipe YAML")
+    at.add_argument("--only", nargs="+", metavar="AGENT", help="only these agents")
+    at.add_argument("--point", type=int, help="only this grid point (0-based, in the recipe's order)")
+    at.add_argument("--parallel", type=int, help="agents and points trained at once as processes (recipe: parallel)")
+    at.set_defaults(func=cmd_agents_train)
+    ae = asub.add_parser("eval", help="perplexity matrix and votes of the trained agents")
+    ae.add_argument("recipe", help="agents recipe YAML")
+    ae.add_argument("--sections", nargs="+", default=["perplexity", "votes"], choices=["perplexity", "votes"])
+    ae.add_argument("--point", type=int, default=0, help="the grid point to evaluate (0-based)")
+    ae.set_defaults(func=cmd_agents_eval)
 
 
 # -- studio ------------------------------------------------------------------------------------

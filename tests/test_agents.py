@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 import yaml
 from conftest import ROOT
@@ -135,3 +136,91 @@ def test_the_shipped_council_imports_and_a_reimport_keeps_the_split(home, capsys
     before = (cdir / "data" / "split.json").read_text()
     assert main(["agents", "import", str(COUNCIL)]) == 0
     assert (cdir / "data" / "split.json").read_text() == before
+
+
+# ---- training, perplexity and votes on the embedded model (a tiny corpus) -------------------------------------
+
+SAYINGS = {"Ann": "Ahoy, the bridge pays for itself, says Ann the sailor, and the tide agrees.",
+           "Bo": "Frankly, parks first and roads second, says Bo the gardener, with my trowel in hand."}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    """Two agents whose words differ sharply, three documents each; trained once for the tests below."""
+    import os
+    base = tmp_path_factory.mktemp("agents")
+    home = base / "home"
+    rows = []
+    for agent, line in SAYINGS.items():
+        for doc in range(3):
+            for i in range(6):
+                rows.append({"agent": agent, "text": f"{line} Point {i + 1} of talk {doc + 1}.",
+                             "source": f"{agent.lower()}-talk-{doc}", "context": f"Question {i + 1}?"})
+    write(base / "corpus.jsonl", "\n".join(json.dumps(r) for r in rows) + "\n")
+    write(base / "motions.csv", "id,title,context,Ann,Bo\n" + "".join(
+        f"m{i},Motion {i},A plan for item {i}.,{'yes' if i % 3 else 'no'},{'no' if i % 2 else 'yes'}\n" for i in range(6)))
+    spec = write(base / "tiny.yaml", yaml.safe_dump({
+        "name": "tiny", "agents": ["Ann", "Bo"], "corpus": ["corpus.jsonl"], "motions": "motions.csv",
+        "heldout": 0.34, "train": {"rank": 8, "alpha": 16, "lr": 2e-3, "epochs": 2, "batch_size": 4,
+                                   "max_length": 96, "warmup_ratio": 0.0}}))
+    old = os.environ.get("CHARACTER_HOME")
+    os.environ["CHARACTER_HOME"] = str(home)
+    try:
+        assert main(["agents", "import", str(spec)]) == 0
+        assert main(["agents", "train", str(spec)]) == 0
+        assert main(["agents", "eval", str(spec)]) == 0
+        cfg = cohort.load_config(spec)
+        yield {"home": home, "cfg": cfg, "spec": spec}
+    finally:
+        if old is None:
+            os.environ.pop("CHARACTER_HOME", None)
+        else:
+            os.environ["CHARACTER_HOME"] = old
+
+
+@pytest.mark.slow
+def test_each_agent_model_is_trained_merged_and_lowest_on_its_own_words(trained, monkeypatch):
+    from character.agents import train as T
+    from character.runs import read_json, read_status
+    monkeypatch.setenv("CHARACTER_HOME", str(trained["home"]))
+    cfg = trained["cfg"]
+    for agent in cfg.agents:
+        d = T.model_dir(cfg, agent, {})
+        st = read_status(d)
+        assert st.state == "done" and st.counts["train_utterances"] == 12  # two of three documents
+        assert st.settings["result"]["adapter_max_change"] > 0 and (d / "model" / "model.safetensors").exists()
+    r = read_json(cohort.cohort_dir("tiny") / "eval" / T.point_id(cfg, {}) / "perplexity.json")
+    for agent in cfg.agents:  # each agent's model reads its own held-out words better than the base does
+        assert r["matrix"][agent][agent]["perplexity"] < r["matrix"]["base"][agent]["perplexity"]
+    assert sorted(r["diagonal_lowest"]) == ["Ann", "Bo"]
+    assert (cohort.cohort_dir("tiny") / "eval" / T.point_id(cfg, {}) / "perplexity.png").stat().st_size > 1000
+    # a second train is a no-op: the finished models are kept
+    before = read_status(T.model_dir(cfg, "Ann", {})).finished
+    assert main(["agents", "train", str(trained["spec"])]) == 0
+    assert read_status(T.model_dir(cfg, "Ann", {})).finished == before
+
+
+@pytest.mark.slow
+def test_votes_are_read_from_the_probabilities_of_yes_and_no(trained, monkeypatch):
+    from character.agents import measure as M
+    from character.agents import train as T
+    from character.inference import get_backend
+    from character.runs import read_json, read_jsonl
+    monkeypatch.setenv("CHARACTER_HOME", str(trained["home"]))
+    cfg = trained["cfg"]
+    out = cohort.cohort_dir("tiny") / "eval" / T.point_id(cfg, {})
+    rows = read_jsonl(out / "votes.jsonl", M.VoteRow)
+    assert {r.method for r in rows} == {"agent model", "base prompted with their words", "base"}
+    assert len(rows) == 3 * 2 * 6 and all(0 < r.p_yes < 1 and r.vote == ("yes" if r.p_yes > 0.5 else "no") for r in rows)
+    motions = cohort.motions(cohort.cohort_dir("tiny"))
+    m0 = motions[0]
+    base = get_backend("embedded")  # the same number straight from the scorer
+    conv = [M.Message(role="system", content=M.SYSTEM), M.Message(role="user", content=M.vote_question(m0))]
+    yes, no = (sum(x) for x in base.logprobs([conv, conv], ["Yes", "No"]))
+    got = next(r for r in rows if r.method == "base" and r.agent == "Ann" and r.motion == m0.id)
+    assert got.p_yes == pytest.approx(1 / (1 + np.exp(no - yes)), abs=1e-4)
+    summary = read_json(out / "votes.json")["per_agent"]
+    # Ann votes no only on m0 and m3: leaving each motion out, her majority is yes -> 4 of 6 right
+    assert summary["Ann"]["majority (leave-one-out)"]["accuracy"] == pytest.approx(4 / 6)
+    for per in summary.values():
+        assert per["agent model"]["n"] == 6 and per["agent model"]["low"] <= per["agent model"]["accuracy"] <= per["agent model"]["high"]

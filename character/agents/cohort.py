@@ -15,7 +15,7 @@ from pathlib import Path
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from ..errors import CharacterError
-from ..recipe import RecipeError, pydantic_problems, read_yaml_mapping
+from ..recipe import RecipeError, TrainConfig, pydantic_problems, read_yaml_mapping
 from ..runs import character_home, check_slug, read_json, read_jsonl, run_lock, write_json, write_jsonl, write_status
 from ..types import StageStatus
 from .corpus import Motion, Split, Utterance, make_split, read_corpus, read_motions, split_rows
@@ -33,6 +33,24 @@ class CohortConfig(BaseModel):
     motions: str | None = Field(None, description="CSV of motions with one yes/no column per agent.")
     heldout: float = Field(0.25, gt=0, lt=1, description="Share of each agent's sources held out for evaluation.")
     seed: int = 0
+    train: TrainConfig = Field(default_factory=lambda: TrainConfig(
+        rank=8, alpha=16, lr=5e-4, epochs=2, batch_size=4, max_length=256, warmup_ratio=0.0),
+        description="SFT settings for every agent (the constitution pipeline's sft settings).")
+    grid: dict[str, list] = Field(default_factory=dict, description="Training settings to sweep, e.g. "
+                                  "{lr: [1e-4, 5e-4], rank: [8, 16]}; each combination is one model per agent.")
+    parallel: int = Field(1, ge=1, description="Agents and grid points trained at once, as separate processes.")
+
+    @field_validator("grid")
+    @classmethod
+    def _grid(cls, v: dict[str, list]) -> dict[str, list]:
+        for key, values in v.items():
+            if key not in TrainConfig.model_fields or key in ("backend", "extra_data", "num_processes"):
+                raise ValueError(f"grid.{key}: not a training setting to sweep; use rank, alpha, lr, epochs, ...")
+            if not isinstance(values, list) or not values:
+                raise ValueError(f"grid.{key}={values!r}: give a list of values")
+            for x in values:
+                TrainConfig.model_validate({key: x})  # each value valid alone
+        return v
 
     @field_validator("name")
     @classmethod

@@ -1,0 +1,211 @@
+"""How well each agent's model is that agent: perplexity on every agent's held-out words, and votes read from the
+probabilities of yes and no. Both use the library's one response scorer (`Backend.logprobs`).
+
+    agents/<cohort>/eval/<point>/perplexity.json   model x agent: per-token perplexity with a bootstrap interval
+    agents/<cohort>/eval/<point>/perplexity.png    the same as a heatmap
+    agents/<cohort>/eval/<point>/votes.jsonl       one row per (model, agent, motion): p(yes), the recorded vote
+    agents/<cohort>/eval/<point>/votes.json        accuracy per agent and method, with intervals and baselines
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import numpy as np
+
+from ..inference import get_backend
+from ..runs import write_json, write_jsonl
+from ..stats import bootstrap, wilson
+from ..types import Message, Record
+from . import cohort
+from .corpus import Motion, Utterance, split_rows
+from .train import SYSTEM, as_example, model_dir, point_id
+
+PROMPTED_QUOTES = 5
+
+
+class VoteRow(Record):
+    method: str
+    agent: str
+    motion: str
+    p_yes: float
+    vote: str
+    recorded: str
+
+
+def conversation(u: Utterance, cohort_name: str) -> list[Message]:
+    return as_example(u, cohort_name).messages[:-1]
+
+
+def token_logprobs(backend, rows: list[Utterance], cohort_name: str) -> list[list[float]]:
+    return backend.logprobs([conversation(u, cohort_name) for u in rows], [u.text for u in rows])
+
+
+def perplexity(lps: list[list[float]], rounds: int = 1000, seed: int = 0) -> dict:
+    """Per-token perplexity over the rows (total negative log-prob / total tokens), the interval from
+    resampling rows."""
+    def stat(sample):
+        n = sum(len(x) for x in sample)
+        return {"ppl": math.exp(-sum(sum(x) for x in sample) / n) if n else math.nan}
+    point = stat(lps)["ppl"]
+    lo, hi = bootstrap(lps, stat, rounds=rounds, seed=seed)["ppl"]
+    return {"perplexity": point, "low": lo, "high": hi, "tokens": sum(len(x) for x in lps), "rows": len(lps)}
+
+
+def diagonal_wins(matrix: dict[str, dict[str, dict]], agents: list[str]) -> list[str]:
+    """The agents whose own model has the lowest perplexity on their held-out words among all models."""
+    return [a for a in agents if a in matrix and
+            min(matrix, key=lambda m: matrix[m][a]["perplexity"]) == a]
+
+
+def vote_question(m: Motion) -> str:
+    return m.question or (f"The council votes on a motion: {m.title}. {m.context}".strip() +
+                          "\nDo you vote yes or no? Answer yes or no.")
+
+
+def p_yes(backend, conversations: list[list[Message]]) -> list[float]:
+    """P(yes) against no, from the log-probabilities of the two answers: never a parsing failure."""
+    n = len(conversations)
+    lps = backend.logprobs(conversations + conversations, ["Yes"] * n + ["No"] * n)
+    yes, no = [sum(x) for x in lps[:n]], [sum(x) for x in lps[n:]]
+    return [1 / (1 + math.exp(b - a)) for a, b in zip(yes, no, strict=True)]
+
+
+def majority_baseline(motions: list[Motion], agent: str) -> list[str]:
+    """Each motion predicted by the agent's majority vote on the other motions (yes on a tie)."""
+    votes = [m.votes[agent] for m in motions if agent in m.votes]
+    out = []
+    for m in motions:
+        if agent not in m.votes:
+            continue
+        yes = votes.count("yes") - (m.votes[agent] == "yes")
+        no = votes.count("no") - (m.votes[agent] == "no")
+        out.append("yes" if yes >= no else "no")
+    return out
+
+
+def accuracy(correct: list[bool]) -> dict:
+    n, k = len(correct), sum(correct)
+    lo, hi = wilson(k, n) if n else (math.nan, math.nan)
+    return {"accuracy": k / n if n else math.nan, "low": lo, "high": hi, "n": n}
+
+
+def prompted_system(agent: str, words: list[Utterance]) -> str:
+    quotes = "\n".join(f"- {u.text}" for u in words[:PROMPTED_QUOTES])
+    return f"You are {agent}. Some things you have said:\n{quotes}\n{SYSTEM}"
+
+
+def model_specs(cfg: cohort.CohortConfig, point: dict) -> dict[str, str]:
+    """'base' and each agent's trained, merged model at this grid point (those that exist)."""
+    specs = {"base": cfg.base}
+    for a in cfg.agents or []:
+        path = model_dir(cfg, a, point) / "model"
+        if path.exists():
+            specs[a] = f"hf/{path}"
+    return specs
+
+
+def run_perplexity(cfg: cohort.CohortConfig, point: dict, out: Path) -> dict:
+    cdir = cohort.cohort_dir(cfg.name)
+    rows = cohort.utterances(cdir)
+    _, held = split_rows(rows, cohort.read_split(cdir))
+    agents = sorted({u.agent for u in rows})
+    matrix: dict[str, dict[str, dict]] = {}
+    for name, spec in model_specs(cfg, point).items():
+        backend = get_backend(spec)
+        matrix[name] = {a: perplexity(token_logprobs(backend, [u for u in held if u.agent == a], cfg.name),
+                                      seed=cfg.seed) for a in agents}
+        del backend
+    wins = diagonal_wins(matrix, agents)
+    result = {"point": point_id(cfg, point), "models": list(matrix), "agents": agents, "matrix": matrix,
+              "diagonal_lowest": wins, "trained": [a for a in agents if a in matrix]}
+    write_json(out / "perplexity.json", result)
+    plot_perplexity(result, out / "perplexity.png")
+    return result
+
+
+def plot_perplexity(result: dict, path: Path) -> None:
+    import matplotlib  # heavy: matplotlib (train extra)
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    models, agents = result["models"], result["agents"]
+    grid = np.array([[result["matrix"][m][a]["perplexity"] for a in agents] for m in models])
+    fig, ax = plt.subplots(figsize=(1.6 + 1.3 * len(agents), 1.2 + 0.55 * len(models)))
+    im = ax.imshow(grid, cmap="viridis_r")
+    ax.set_xticks(range(len(agents)), agents, rotation=30, ha="right")
+    ax.set_yticks(range(len(models)), models)
+    ax.set_xlabel("held-out words of")
+    ax.set_ylabel("model")
+    for i in range(len(models)):
+        for j in range(len(agents)):
+            ax.text(j, i, f"{grid[i, j]:.1f}", ha="center", va="center", color="white", fontsize=8)
+    fig.colorbar(im, ax=ax, label="perplexity per token (lower: more like them)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def run_votes(cfg: cohort.CohortConfig, point: dict, out: Path) -> dict:
+    """Each agent's model, the base prompted with the agent's own words, and the plain base vote on every motion the
+    agent voted on; accuracy against the record beside the agent's majority vote (leave-one-out)."""
+    cdir = cohort.cohort_dir(cfg.name)
+    motions = cohort.motions(cdir)
+    rows = cohort.utterances(cdir)
+    train, _ = split_rows(rows, cohort.read_split(cdir))
+    agents = sorted({a for m in motions for a in m.votes})
+    specs = model_specs(cfg, point)
+    records: list[VoteRow] = []
+
+    def ask(backend, method: str, agent: str, system: str) -> None:
+        mine = [m for m in motions if agent in m.votes]
+        convs = [[Message(role="system", content=system), Message(role="user", content=vote_question(m))]
+                 for m in mine]
+        for m, p in zip(mine, p_yes(backend, convs), strict=True):
+            records.append(VoteRow(method=method, agent=agent, motion=m.id, p_yes=p, vote="yes" if p > 0.5 else "no",
+                                   recorded=m.votes[agent]))
+
+    base = get_backend(cfg.base)
+    for a in agents:
+        ask(base, "base", a, SYSTEM)
+        ask(base, "base prompted with their words", a, prompted_system(a, [u for u in train if u.agent == a]))
+    del base
+    for a in agents:
+        if a in specs:
+            backend = get_backend(specs[a])
+            ask(backend, "agent model", a, SYSTEM)
+            del backend
+    write_jsonl(out / "votes.jsonl", records)
+    summary: dict[str, dict] = {}
+    for a in agents:
+        mine = [m for m in motions if a in m.votes]
+        per = {"majority (leave-one-out)": accuracy([p == m.votes[a] for p, m in
+                                                    zip(majority_baseline(motions, a), mine, strict=True)])}
+        for method in ("agent model", "base prompted with their words", "base"):
+            got = [r for r in records if r.agent == a and r.method == method]
+            if got:
+                per[method] = {**accuracy([r.vote == r.recorded for r in got]),
+                               "yes_share": sum(r.vote == "yes" for r in got) / len(got)}
+        summary[a] = per
+    result = {"point": point_id(cfg, point), "motions": len(motions), "per_agent": summary}
+    write_json(out / "votes.json", result)
+    return result
+
+
+def format_perplexity(r: dict) -> str:
+    agents = r["agents"]
+    lines = ["perplexity per token on each agent's held-out words (rows: models)",
+             f"{'':<16}" + "".join(f"{a[:14]:>16}" for a in agents)]
+    for m in r["models"]:
+        lines.append(f"{m[:16]:<16}" + "".join(f"{r['matrix'][m][a]['perplexity']:>16.2f}" for a in agents))
+    lines.append(f"own model lowest on own words: {len(r['diagonal_lowest'])} of {len(r['trained'])} trained agents")
+    return "\n".join(lines)
+
+
+def format_votes(r: dict) -> str:
+    lines = [f"vote accuracy on {r['motions']} motions (95% Wilson interval)"]
+    for a, per in r["per_agent"].items():
+        lines.append(f"  {a}")
+        for method, v in per.items():
+            lines.append(f"    {method:<34} {v['accuracy']:.2f} [{v['low']:.2f}, {v['high']:.2f}]  n={v['n']}")
+    return "\n".join(lines)
