@@ -29,6 +29,8 @@ from . import constitution as C
 from . import log
 from .agents import cohort
 from .agents import measure as agents_measure
+from .agents import profiles as agents_profiles
+from .agents import review as agents_review
 from .agents import train as agents_train
 from .conversations import ContextSet, generate_contexts, run_conversations
 from .distill import EXPORTERS, make_pairs
@@ -723,7 +725,20 @@ def cmd_agents_eval(args) -> int:
     if "votes" in args.sections:
         r = agents_measure.run_votes(cfg, point, out)
         print(agents_measure.format_votes(r))
+    if "profiles" in args.sections:
+        agents_profiles.run_profiles(cfg, args.model, say=say)
+        print(f"profiles in {cohort.cohort_dir(cfg.name) / 'profiles'}; review the questions: "
+              f"character agents review {args.recipe} --agent NAME")
     print(f"results in {out}")
+    return 0
+
+
+def cmd_agents_review(args) -> int:
+    cfg = cohort.load_config(args.recipe)
+    if cfg.agents and args.agent not in cfg.agents:
+        raise CharacterError(f"--agent={args.agent!r}: not an agent of cohort {cfg.name!r}; known: {', '.join(cfg.agents)}")
+    path = agents_profiles.questions_path(cohort.cohort_dir(cfg.name), args.agent)
+    agents_review.review(path, args.agent)
     return 0
 
 
@@ -741,9 +756,15 @@ def add_agents(sub) -> None:
     at.set_defaults(func=cmd_agents_train)
     ae = asub.add_parser("eval", help="perplexity matrix and votes of the trained agents")
     ae.add_argument("recipe", help="agents recipe YAML")
-    ae.add_argument("--sections", nargs="+", default=["perplexity", "votes"], choices=["perplexity", "votes"])
+    ae.add_argument("--sections", nargs="+", default=["perplexity", "votes", "profiles"],
+                    choices=["perplexity", "votes", "profiles"])
     ae.add_argument("--point", type=int, default=0, help="the grid point to evaluate (0-based)")
+    ae.add_argument("--model", help="model that extracts profiles and writes questions (default: the recipe's base)")
     ae.set_defaults(func=cmd_agents_eval)
+    ar = asub.add_parser("review", help="review an agent's probing questions (accept, edit, delete, add, skip)")
+    ar.add_argument("recipe", help="agents recipe YAML")
+    ar.add_argument("--agent", required=True, help="the agent whose questions to review")
+    ar.set_defaults(func=cmd_agents_review)
 
 
 # -- studio ------------------------------------------------------------------------------------

@@ -224,3 +224,106 @@ def test_votes_are_read_from_the_probabilities_of_yes_and_no(trained, monkeypatc
     assert summary["Ann"]["majority (leave-one-out)"]["accuracy"] == pytest.approx(4 / 6)
     for per in summary.values():
         assert per["agent model"]["n"] == 6 and per["agent model"]["low"] <= per["agent model"]["accuracy"] <= per["agent model"]["high"]
+
+
+# ---- the question review, driven through a pseudo-terminal ----------------------------------------------------
+
+def test_the_review_command_in_a_terminal_saves_every_action_and_resumes(tmp_path):
+    import os
+    import sys
+
+    import pexpect
+
+    from character.agents import profiles as P
+    from character.runs import read_jsonl, write_jsonl
+    home = tmp_path / "home"
+    good_corpus(tmp_path)
+    spec = recipe(tmp_path)
+    env = {**os.environ, "CHARACTER_HOME": str(home)}
+    cdir = home / "agents" / "c"
+    qs = [P.ProbeQuestion(id=f"q{i}", agent="Ann", kind=k, item=f"Ann {k} {i}", evidence="I am for the bridge",
+                          source="meeting:2", question=f"Question {i}?") for i, k in enumerate(P.KINDS)]
+    write_jsonl(P.questions_path(cdir, "Ann"), qs)
+    path = P.questions_path(cdir, "Ann")
+
+    def start():
+        return pexpect.spawn(sys.executable, ["-m", "character.cli", "agents", "review", str(spec), "--agent", "Ann"],
+                             env=env, encoding="utf-8", timeout=60, cwd=str(ROOT))
+
+    def status():
+        return {q.id: (q.status, q.question) for q in read_jsonl(path, P.ProbeQuestion)}
+
+    t = start()
+    t.expect("3 of 3 questions to review")
+    t.expect(r"\(1/3\) \[belief\] Ann belief 0")
+    t.expect("> ")
+    t.sendline("e")
+    t.expect("new question> ")
+    t.sendline("What would you build first?")
+    t.expect(r"\(2/3\) \[memory\]")
+    assert status()["q0"] == ("edited", "What would you build first?")  # saved before the next question shows
+    t.expect("> ")
+    t.sendline("d")
+    t.expect(r"\(3/3\) \[personality\]")
+    assert status()["q1"][0] == "deleted"
+    t.expect("> ")
+    t.sendline("q")
+    t.expect("1 pending, 0 accepted, 1 edited, 1 deleted")
+    t.expect(pexpect.EOF)
+    t.close()
+    assert t.exitstatus == 0
+
+    t = start()  # resumes at the one still pending
+    t.expect("1 of 3 questions to review")
+    t.expect(r"\(1/1\) \[personality\] Ann personality 2")
+    t.expect("> ")
+    t.sendline("n")
+    t.expect("kind")
+    t.sendline("memory")
+    t.expect("what it probes> ")
+    t.sendline("Ann remembers the old ferry")
+    t.expect("question> ")
+    t.sendline("How did people cross before the bridge?")
+    t.expect("added")
+    t.expect("> ")
+    t.sendline("a")
+    t.expect("0 pending, 2 accepted, 1 edited, 1 deleted")
+    t.expect(pexpect.EOF)
+    t.close()
+    rows = read_jsonl(path, P.ProbeQuestion)
+    assert [r.status for r in rows] == ["edited", "deleted", "accepted", "accepted"]
+    assert rows[-1].origin == "added" and rows[-1].kind == "memory"
+
+    t = start()  # nothing left: it says so and ends; Ctrl-D anywhere ends cleanly too
+    t.expect("0 of 4 questions to review")
+    t.expect(pexpect.EOF)
+    t.close()
+    assert t.exitstatus == 0
+
+
+def test_a_profile_keeps_only_items_quoted_from_their_chunk_and_merges_duplicates():
+    """The model's answer is scripted here (a stand-in for any extractor); what is tested is our check of each
+    item against the text it was given."""
+    from conftest import Scripted
+
+    from character.agents import profiles as P
+    rows = [Utterance(id="u1", agent="Ann", text="Let's look at the numbers. The bridge pays for itself in ten years.",
+                      source="s1"),
+            Utterance(id="u2", agent="Ann", text="I remember the flood of 1987, when the river took the mill.", source="s2")]
+    answer = {"items": [
+        {"kind": "belief", "statement": "Ann thinks the bridge pays for itself.",
+         "evidence": "the bridge pays for  itself", "source": "u1"},  # a real quote (spacing aside): kept
+        {"kind": "belief", "statement": "Ann thinks the bridge pays for itself quickly.",
+         "evidence": "The bridge pays for itself in ten years", "source": "u1"},  # same belief again: merged
+        {"kind": "memory", "statement": "Ann remembers the 1987 flood.",
+         "evidence": "the flood of 1987", "source": "u1"},  # right words, wrong line: dropped
+        {"kind": "personality", "statement": "Ann is careful with money.",
+         "evidence": "I always count every penny", "source": "u1"},  # not in the text: dropped
+        {"kind": "memory", "statement": "Ann remembers the river taking the mill.",
+         "evidence": "when the river took the mill", "source": "u2"}]}
+    profile = P.build_profile("Ann", rows, Scripted([json.dumps(answer)]))
+    assert [(i.kind, i.source) for i in profile.items] == [("belief", "u1"), ("memory", "u2")]
+    assert profile.counts == {"chunks": 1, "failed_chunks": 0, "proposed": 5, "unsupported": 2, "duplicate": 1,
+                              "kept": 2}
+    many = [Utterance(id=f"u{i}", agent="Ann", text="word " * 120, source="s") for i in range(5)]
+    assert [len(c) for c in P.chunks(many)] == [2, 2, 1]  # about 300 words a chunk

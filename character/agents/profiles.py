@@ -1,0 +1,183 @@
+"""What each agent believes, remembers and is like, read from their training words with quoted evidence, and
+the probing questions written from it (reviewed by a person before they are used).
+
+    agents/<cohort>/profiles/<agent-slug>.json    the profile: items with kind, statement, evidence, source
+    agents/<cohort>/questions/<agent-slug>.jsonl  one ProbeQuestion per profile item (status pending until reviewed)
+
+Extraction reads the agent's training utterances in chunks of about `CHUNK_WORDS` words, each line tagged with
+its utterance id, and asks for items in a schema (structured output: constrained decoding on local models). An
+item is kept only if its evidence is an exact quote of the chunk (whitespace and case aside) and its source is
+one of the chunk's ids; near-duplicate statements of the same kind are merged across chunks. Every drop is
+counted in the profile's `counts`.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..inference import get_backend
+from ..inference.structured import StructuredFailure, generate_structured_batch
+from ..prompts import is_near_duplicate
+from ..runs import read_json, write_json, write_jsonl
+from ..types import Message, Record, SamplingParams, stable_id
+from . import cohort
+from .corpus import Utterance, split_rows
+from .train import agent_slug
+
+Kind = Literal["belief", "memory", "personality"]
+KINDS: tuple[str, ...] = ("belief", "memory", "personality")
+CHUNK_WORDS = 300
+
+
+class ItemDraft(BaseModel):
+    kind: Kind
+    statement: str = Field(description="what they believe, remember or are like, in the third person")
+    evidence: str = Field(description="an exact quote from the text that shows it")
+    source: str = Field(description="the id in brackets of the line the quote comes from")
+
+
+class ProfileDraft(BaseModel):
+    model_config = ConfigDict(json_schema_extra={"examples": [{"items": [
+        {"kind": "belief", "statement": "Believes the town should not borrow to cover running costs.",
+         "evidence": "I'm against spending money we don't have", "source": "u12"}]}]})
+    items: list[ItemDraft] = Field(max_length=6)
+
+
+class QuestionDraft(BaseModel):
+    patterns: ClassVar[dict[str, str]] = {"question": r"[A-Z][A-Za-z',-]{0,19}( [A-Za-z0-9',$%-]{1,20}){2,30}\?"}
+    question: str = Field(description="one question to ask them, which their answer would show")
+
+
+class ProfileItem(Record):
+    id: str
+    agent: str
+    kind: Kind
+    statement: str
+    evidence: str
+    source: str
+
+
+class Profile(Record):
+    agent: str
+    items: list[ProfileItem]
+    counts: dict[str, int]
+
+
+class ProbeQuestion(Record):
+    id: str
+    agent: str
+    kind: Kind
+    item: str = Field(description="The profile item's statement (or a reviewer's own, for one added by hand).")
+    evidence: str = ""
+    source: str = ""
+    question: str
+    status: Literal["pending", "accepted", "edited", "deleted"] = "pending"
+    origin: Literal["generated", "added"] = "generated"
+
+
+def chunks(rows: list[Utterance], words: int = CHUNK_WORDS) -> list[list[Utterance]]:
+    out: list[list[Utterance]] = [[]]
+    size = 0
+    for u in rows:
+        n = len(u.text.split())
+        if out[-1] and size + n > words:
+            out.append([])
+            size = 0
+        out[-1].append(u)
+        size += n
+    return [c for c in out if c]
+
+
+def extraction_prompt(agent: str, chunk: list[Utterance]) -> list[Message]:
+    lines = "\n".join(f"[{u.id}] {u.text}" for u in chunk)
+    return [Message(role="system", content="You read what a person said and note what it shows about them."),
+            Message(role="user", content=f"Here is what {agent} said:\n{lines}\n\nList up to six things this shows: "
+                    f"what {agent} believes (kind belief), remembers (kind memory) or is like (kind personality). "
+                    "For each, quote the exact words that show it and the id in brackets of their line.")]
+
+
+def _plain(text: str) -> str:
+    return re.sub(r"\s+", " ", text).strip().lower().strip("\"'")
+
+
+def supported(item: ItemDraft, chunk: list[Utterance]) -> bool:
+    by_id = {u.id: u for u in chunk}
+    quote = _plain(item.evidence)
+    return item.source in by_id and len(quote.split()) >= 3 and quote in _plain(by_id[item.source].text)
+
+
+def build_profile(agent: str, rows: list[Utterance], backend, seed: int = 0, max_tokens: int = 400) -> Profile:
+    """The profile from `rows` (the agent's training utterances): one structured call per chunk, items checked
+    against their chunk, near-duplicates of the same kind merged."""
+    parts = chunks(rows)
+    params = SamplingParams(max_tokens=max_tokens, temperature=0.7, seed=seed)
+    got = generate_structured_batch(backend, [extraction_prompt(agent, c) for c in parts], ProfileDraft, params)
+    counts = {"chunks": len(parts), "failed_chunks": 0, "proposed": 0, "unsupported": 0, "duplicate": 0}
+    items: list[ProfileItem] = []
+    for chunk, draft in zip(parts, got, strict=True):
+        if isinstance(draft, StructuredFailure):
+            counts["failed_chunks"] += 1
+            continue
+        for d in draft.items:
+            counts["proposed"] += 1
+            if not supported(d, chunk):
+                counts["unsupported"] += 1
+            elif is_near_duplicate(d.statement, [i.statement for i in items if i.kind == d.kind]):
+                counts["duplicate"] += 1
+            else:
+                items.append(ProfileItem(id=stable_id(agent, d.kind, d.statement), agent=agent, kind=d.kind,
+                                         statement=d.statement.strip(), evidence=d.evidence.strip(), source=d.source))
+    counts["kept"] = len(items)
+    return Profile(agent=agent, items=items, counts=counts)
+
+
+def question_prompt(agent: str, item: ProfileItem) -> list[Message]:
+    return [Message(role="system", content="You write interview questions."),
+            Message(role="user", content=f"What we know about {agent} ({item.kind}): {item.statement}\n"
+                    f"Write one question to ask {agent} whose answer would show this, without "
+                    "giving the answer away.")]
+
+
+def write_questions(agent: str, profile: Profile, backend, seed: int = 0) -> list[ProbeQuestion]:
+    params = SamplingParams(max_tokens=80, temperature=0.7, seed=seed)
+    got = generate_structured_batch(backend, [question_prompt(agent, i) for i in profile.items], QuestionDraft, params)
+    return [ProbeQuestion(id=stable_id(i.id, "question"), agent=agent, kind=i.kind, item=i.statement,
+                          evidence=i.evidence, source=i.source, question=q.question.strip())
+            for i, q in zip(profile.items, got, strict=True) if not isinstance(q, StructuredFailure)]
+
+
+def profile_path(cdir: Path, agent: str) -> Path:
+    return cdir / "profiles" / f"{agent_slug(agent)}.json"
+
+
+def questions_path(cdir: Path, agent: str) -> Path:
+    return cdir / "questions" / f"{agent_slug(agent)}.jsonl"
+
+
+def run_profiles(cfg: cohort.CohortConfig, model: str | None = None, say=print) -> dict[str, Profile]:
+    """Profiles and questions for every agent (an agent whose profile exists is kept: delete the file to redo it;
+    questions already written, and perhaps reviewed, are never overwritten)."""
+    cdir = cohort.cohort_dir(cfg.name)
+    rows = cohort.utterances(cdir)
+    train, _ = split_rows(rows, cohort.read_split(cdir))
+    agents = cfg.agents or sorted({u.agent for u in rows})
+    backend = get_backend(model or cfg.base)
+    out = {}
+    for a in agents:
+        p = profile_path(cdir, a)
+        if p.exists():
+            out[a] = Profile.model_validate(read_json(p))
+        else:
+            out[a] = build_profile(a, [u for u in train if u.agent == a], backend, seed=cfg.seed)
+            write_json(p, out[a].model_dump())
+        q = questions_path(cdir, a)
+        if not q.exists():
+            write_jsonl(q, write_questions(a, out[a], backend, seed=cfg.seed))
+        c = out[a].counts
+        say(f"[profiles] {a}: {c['kept']} items kept of {c['proposed']} proposed ({c['unsupported']} without a "
+            f"matching quote, {c['duplicate']} duplicates, {c['failed_chunks']} of {c['chunks']} chunks failed)")
+    return out
