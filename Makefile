@@ -10,7 +10,7 @@ STAMP := $(VENV)/.setup-done
 LLAMA_CPP := 0.3.36
 LLAMA_WHEELS := $(or $(XDG_CACHE_HOME),$(HOME)/.cache)/character-studio/wheels
 
-.PHONY: setup browser demo test test-fast studio clean-runs
+.PHONY: setup browser demo demo-agents test test-fast studio clean-runs
 
 setup: $(STAMP)
 
@@ -39,6 +39,10 @@ $(STAMP): pyproject.toml Makefile
 
 demo: setup
 	bash scripts/demo.sh
+
+# Agents from their own words: the fictional council, one model per member, on the embedded model.
+demo-agents: setup
+	$(BIN)/character agents run configs/council-cpu.yaml
 
 # The studio's browser test drives Debian's chromium through Playwright (no browser download).
 browser:

@@ -27,9 +27,12 @@ import yaml
 from . import behaviors as B
 from . import constitution as C
 from . import log
+from .agents import alignment as agents_alignment
 from .agents import cohort
+from .agents import completions as agents_completions
 from .agents import measure as agents_measure
 from .agents import profiles as agents_profiles
+from .agents import report as agents_report
 from .agents import review as agents_review
 from .agents import train as agents_train
 from .conversations import ContextSet, generate_contexts, run_conversations
@@ -703,13 +706,16 @@ def cmd_agents_import(args) -> int:
     return 0
 
 
+AGENT_SECTIONS = ("perplexity", "votes", "completions", "profiles", "alignment")
+
+
 def cmd_agents_train(args) -> int:
     cfg = cohort.load_config(args.recipe)
     points = agents_train.grid_points(cfg)
     if args.point is not None:
         if not 0 <= args.point < len(points):
             raise CharacterError(f"--point={args.point}: the recipe's grid has {len(points)} point(s), 0-{len(points) - 1}")
-        for agent in args.only or cfg.agents:
+        for agent in args.only or cohort.agent_names(cfg):
             agents_train.train_one(cfg, agent, points[args.point])
         return 0
     return agents_train.train_all(cfg, args.recipe, args.only, args.parallel)
@@ -717,7 +723,10 @@ def cmd_agents_train(args) -> int:
 
 def cmd_agents_eval(args) -> int:
     cfg = cohort.load_config(args.recipe)
-    point = agents_train.grid_points(cfg)[args.point]
+    points = agents_train.grid_points(cfg)
+    if not 0 <= args.point < len(points):
+        raise CharacterError(f"--point={args.point}: the recipe's grid has {len(points)} point(s), 0-{len(points) - 1}")
+    point = points[args.point]
     out = cohort.cohort_dir(cfg.name) / "eval" / agents_train.point_id(cfg, point)
     if "perplexity" in args.sections:
         r = agents_measure.run_perplexity(cfg, point, out)
@@ -725,18 +734,44 @@ def cmd_agents_eval(args) -> int:
     if "votes" in args.sections:
         r = agents_measure.run_votes(cfg, point, out)
         print(agents_measure.format_votes(r))
+    if "completions" in args.sections:
+        r = agents_completions.run_completions(cfg, point, out, judge_spec=args.model)
+        print(agents_completions.format_completions(r))
     if "profiles" in args.sections:
         agents_profiles.run_profiles(cfg, args.model, say=say)
         print(f"profiles in {cohort.cohort_dir(cfg.name) / 'profiles'}; review the questions: "
               f"character agents review {args.recipe} --agent NAME")
+    if "alignment" in args.sections:
+        r = agents_alignment.run_alignment(cfg, point, out, judge_spec=args.model)
+        print(agents_alignment.format_alignment(r))
     print(f"results in {out}")
     return 0
 
 
+def cmd_agents_report(args) -> int:
+    cfg = cohort.load_config(args.recipe)
+    html, md = agents_report.write_report(cfg)
+    print(md.read_text())
+    print(f"report card: {html}")
+    return 0
+
+
+def cmd_agents_run(args) -> int:
+    """Import, train, evaluate and report, each step resuming from what is saved."""
+    cfg = cohort.load_config(args.recipe)
+    print(cohort.format_import(cohort.import_corpus(cfg)))
+    if agents_train.train_all(cfg, args.recipe, parallel=args.parallel) != 0:
+        raise CharacterError("agents run: an agent's training failed (see above); run the same command to resume")
+    args.sections, args.point, args.model = list(AGENT_SECTIONS), 0, None
+    cmd_agents_eval(args)
+    return cmd_agents_report(args)
+
+
 def cmd_agents_review(args) -> int:
     cfg = cohort.load_config(args.recipe)
-    if cfg.agents and args.agent not in cfg.agents:
-        raise CharacterError(f"--agent={args.agent!r}: not an agent of cohort {cfg.name!r}; known: {', '.join(cfg.agents)}")
+    known = cohort.agent_names(cfg)
+    if args.agent not in known:
+        raise CharacterError(f"--agent={args.agent!r}: not an agent of cohort {cfg.name!r}; known: {', '.join(known)}")
     path = agents_profiles.questions_path(cohort.cohort_dir(cfg.name), args.agent)
     agents_review.review(path, args.agent)
     return 0
@@ -756,15 +791,22 @@ def add_agents(sub) -> None:
     at.set_defaults(func=cmd_agents_train)
     ae = asub.add_parser("eval", help="perplexity matrix and votes of the trained agents")
     ae.add_argument("recipe", help="agents recipe YAML")
-    ae.add_argument("--sections", nargs="+", default=["perplexity", "votes", "profiles"],
-                    choices=["perplexity", "votes", "profiles"])
+    ae.add_argument("--sections", nargs="+", default=list(AGENT_SECTIONS), choices=AGENT_SECTIONS)
     ae.add_argument("--point", type=int, default=0, help="the grid point to evaluate (0-based)")
-    ae.add_argument("--model", help="model that extracts profiles and writes questions (default: the recipe's base)")
+    ae.add_argument("--model", help="model that judges completions, extracts profiles and writes questions "
+                    "(default: the recipe's base)")
     ae.set_defaults(func=cmd_agents_eval)
     ar = asub.add_parser("review", help="review an agent's probing questions (accept, edit, delete, add, skip)")
     ar.add_argument("recipe", help="agents recipe YAML")
     ar.add_argument("--agent", required=True, help="the agent whose questions to review")
     ar.set_defaults(func=cmd_agents_review)
+    arp = asub.add_parser("report", help="the cohort's report card (report.md and report.html)")
+    arp.add_argument("recipe", help="agents recipe YAML")
+    arp.set_defaults(func=cmd_agents_report)
+    arn = asub.add_parser("run", help="the whole cohort pipeline: import, train, eval, report (resumes)")
+    arn.add_argument("recipe", help="agents recipe YAML")
+    arn.add_argument("--parallel", type=int, help="agents trained at once as processes (recipe: parallel)")
+    arn.set_defaults(func=cmd_agents_run)
 
 
 # -- studio ------------------------------------------------------------------------------------

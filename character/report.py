@@ -429,7 +429,7 @@ _STYLE = ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}t
           "margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}</style>")
 
 
-def _frame(header: list[str], rows: list[list[str]]):
+def frame(header: list[str], rows: list[list[str]]):
     """A table as a DataFrame: one column per header entry, every cell text."""
     try:
         import pandas as pd  # heavy: pandas (`character run` imports this module for its summary)
@@ -443,7 +443,7 @@ def _markdown(tables: list[Table], runs: list[Path]) -> str:
     lines = ["# Report card: " + ", ".join(r.name for r in runs), "", _INTRO, ""]
     for title, header, rows in tables:
         # every cell is text: numparse off keeps "0.90" as written ("|" in a cell would split it)
-        table = _frame(header, [[c.replace("|", "/") for c in row] for row in rows])
+        table = frame(header, [[c.replace("|", "/") for c in row] for row in rows])
         lines += [f"## {title}", "", table.to_markdown(index=False, disable_numparse=True), ""]
     return "\n".join(lines)
 
@@ -455,7 +455,7 @@ def _html(tables: list[Table], figs: list[tuple[str, object]], runs: list[Path])
         parts.append(f"<div id='fig-{name}'>" + fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0
                                                             else False) + "</div>")
     for title, header, rows in tables:
-        parts.append(f"<h2>{escape(title)}</h2>" + _frame(header, rows).to_html(index=False, border=0,
+        parts.append(f"<h2>{escape(title)}</h2>" + frame(header, rows).to_html(index=False, border=0,
                                                                                  justify="center"))
     parts.append("</body></html>")
     return "\n".join(parts)

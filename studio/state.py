@@ -184,7 +184,8 @@ def recipe_choices() -> dict[str, str]:
     """Shipped recipes (configs/*.yaml) and the user's saved ones (CHARACTER_HOME/recipes): label -> path.
     The demo recipe comes first: it is the one sized for this kind of machine."""
     from pathlib import Path
-    shipped = sorted((Path(__file__).resolve().parent.parent / "configs").glob("*.yaml"),
+    shipped = sorted((p for p in (Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")
+                      if not p.read_text().startswith("# character agents")),  # a cohort recipe, not a run's
                      key=lambda p: (p.name != "pirate-cpu.yaml", p.name))
     out = {f"shipped: {p.name}": str(p) for p in shipped}
     out.update({f"saved: {p.name}": str(p) for p in sorted((character_home() / "recipes").glob("*.yaml"))})

@@ -75,7 +75,7 @@ def llama_server(tmp_path_factory):
 TINY = {
     "name": "tiny", "constitution": "pirate", "seed": 1,
     "prompts": {"total": 16, "mix": {"constitution": 0.75, "generic": 0.25}},
-    "distill": {"batch_size": 8, "heldout": 0.25, "drop_truncated": False,
+    "distill": {"batch_size": 4, "heldout": 0.25, "drop_truncated": False,
                 "sampling": {"max_tokens": 48, "temperature": 0.7, "repetition_penalty": 1.1}},
     "dpo": {"rank": 8, "alpha": 16, "lr": 5e-4, "nll": 1.0, "epochs": 2, "batch_size": 6, "max_length": 160,
             "warmup_ratio": 0.0},

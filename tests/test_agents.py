@@ -119,6 +119,37 @@ def test_the_split_is_by_source_recorded_once_and_stable():
     assert len(again.heldout["Ann"]) == 3  # 12 sources, a quarter held out
 
 
+def test_agents_and_grid_points_train_as_separate_processes(tmp_path, home, monkeypatch):
+    """The parallel path hands each (agent, grid point) to its own `character agents train` process; names with
+    spaces reach the child whole. (The processes themselves are not started here.)"""
+    from character.agents import train as T
+    from character.cli import build_parser
+    good_corpus(tmp_path)
+    spec = recipe(tmp_path, agents=["Ann", "Bo"], grid={"lr": [1e-4, 5e-4]}, parallel=2)
+    assert main(["agents", "import", str(spec)]) == 0
+    seen = {}
+    monkeypatch.setattr(T, "run_processes", lambda cmds, labels, width: seen.update(cmds=cmds, width=width) or 0)
+    assert main(["agents", "train", str(spec)]) == 0
+    assert seen["width"] == 2 and len(seen["cmds"]) == 4  # 2 agents x 2 learning rates
+    parsed = [build_parser().parse_args(c[3:]) for c in seen["cmds"]]
+    assert sorted((p.only[0], p.point) for p in parsed) == [("Ann", 0), ("Ann", 1), ("Bo", 0), ("Bo", 1)]
+    cfg = cohort.load_config(spec)
+    assert len({T.point_id(cfg, p) for p in T.grid_points(cfg)}) == 2
+    assert main(["agents", "train", str(spec), "--only", "Zed"]) == 1
+
+
+def test_a_changed_split_setting_is_refused_after_import(tmp_path, home, capsys):
+    good_corpus(tmp_path)
+    assert main(["agents", "import", str(recipe(tmp_path))]) == 0
+    before = (home / "agents" / "c" / "data" / "split.json").read_text()
+    assert main(["agents", "import", str(recipe(tmp_path, heldout=0.3))]) == 1
+    err = capsys.readouterr().err
+    assert "heldout=0.3, seed=0: cohort 'c' was split with heldout=0.5" in err and "\n" not in err.strip()
+    assert (home / "agents" / "c" / "data" / "split.json").read_text() == before
+    assert main(["agents", "eval", str(recipe(tmp_path)), "--point", "3"]) == 1
+    assert "--point=3: the recipe's grid has 1 point(s)" in capsys.readouterr().err
+
+
 def test_the_shipped_council_imports_and_a_reimport_keeps_the_split(home, capsys):
     assert main(["agents", "import", str(COUNCIL)]) == 0
     out = capsys.readouterr().out
@@ -140,8 +171,8 @@ def test_the_shipped_council_imports_and_a_reimport_keeps_the_split(home, capsys
 
 # ---- training, perplexity and votes on the embedded model (a tiny corpus) -------------------------------------
 
-SAYINGS = {"Ann": "Ahoy, the bridge pays for itself, says Ann the sailor, and the tide agrees.",
-           "Bo": "Frankly, parks first and roads second, says Bo the gardener, with my trowel in hand."}
+SAYINGS = {"Ann": "Ahoy, the bridge pays for itself, says Ann the sailor, and the tide agrees with every word of it.",
+           "Bo": "Frankly, parks first and roads second, says Bo the gardener, with my trowel in hand and mud on my boots."}
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +197,7 @@ def trained(tmp_path_factory):
     old = os.environ.get("CHARACTER_HOME")
     os.environ["CHARACTER_HOME"] = str(home)
     try:
-        assert main(["agents", "import", str(spec)]) == 0
-        assert main(["agents", "train", str(spec)]) == 0
-        assert main(["agents", "eval", str(spec)]) == 0
+        assert main(["agents", "run", str(spec)]) == 0  # import, train, eval, report
         cfg = cohort.load_config(spec)
         yield {"home": home, "cfg": cfg, "spec": spec}
     finally:
@@ -201,6 +230,37 @@ def test_each_agent_model_is_trained_merged_and_lowest_on_its_own_words(trained,
 
 
 @pytest.mark.slow
+def test_the_cohort_run_ends_with_profiles_questions_and_a_report_card(trained, monkeypatch):
+    from character.agents import profiles as P
+    from character.runs import read_json, read_jsonl
+    monkeypatch.setenv("CHARACTER_HOME", str(trained["home"]))
+    cdir = cohort.cohort_dir("tiny")
+    for agent in ("Ann", "Bo"):
+        prof = P.Profile.model_validate(read_json(P.profile_path(cdir, agent)))
+        c = prof.counts
+        assert c["kept"] == len(prof.items) == c["proposed"] - c["unsupported"] - c["duplicate"]
+        for item in prof.items:  # every kept item quotes its source line
+            assert item.evidence.lower().split()[0] in next(u.text.lower() for u in cohort.utterances(cdir)
+                                                            if u.id == item.source)
+        qs = read_jsonl(P.questions_path(cdir, agent), P.ProbeQuestion)
+        assert len(qs) <= len(prof.items) and all(q.status == "pending" and q.question.endswith("?") for q in qs)
+    md = (cdir / "report.md").read_text()
+    for title in ("Corpus and split", "Training", "Perplexity on held-out words", "Votes", "Completions", "Profiles"):
+        assert f"## {title}" in md
+    edir = cdir / "eval" / next(p.name for p in (cdir / "eval").iterdir())
+    if any(read_jsonl(P.questions_path(cdir, a), P.ProbeQuestion) for a in ("Ann", "Bo")):
+        al = read_json(edir / "alignment.json")  # a number per answer, each from the judge's label probabilities
+        assert "## Alignment with the profile" in md and al["reviewed"] == {"Ann": 0, "Bo": 0}
+        assert all(1 <= v["all"]["mean"] <= 5 for per in al["means"].values() for v in per.values())
+    comp = read_json(cdir / "eval" / next(p.name for p in (cdir / "eval").iterdir()) / "completions.json")
+    assert set(comp["similarity"]) == {"Ann", "Bo"} and comp["calibration"]["n"] >= 1
+    # a judge that did not pass calibration is reported as having no signal, and its matches are not shown
+    assert ("no signal" in md) == (not comp["calibration"]["passed"])
+    html = (cdir / "report.html").read_text()
+    assert "data:image/png;base64," in html and "<table" in html
+
+
+@pytest.mark.slow
 def test_votes_are_read_from_the_probabilities_of_yes_and_no(trained, monkeypatch):
     from character.agents import measure as M
     from character.agents import train as T
@@ -219,6 +279,9 @@ def test_votes_are_read_from_the_probabilities_of_yes_and_no(trained, monkeypatc
     yes, no = (sum(x) for x in base.logprobs([conv, conv], ["Yes", "No"]))
     got = next(r for r in rows if r.method == "base" and r.agent == "Ann" and r.motion == m0.id)
     assert got.p_yes == pytest.approx(1 / (1 + np.exp(no - yes)), abs=1e-4)
+    own = {(r.agent, r.motion): r.p_yes for r in rows if r.method == "agent model"}
+    plain = {(r.agent, r.motion): r.p_yes for r in rows if r.method == "base"}
+    assert max(abs(own[k] - plain[k]) for k in own) > 1e-3  # the agent models' own probabilities, not the base's
     summary = read_json(out / "votes.json")["per_agent"]
     # Ann votes no only on m0 and m3: leaving each motion out, her majority is yes -> 4 of 6 right
     assert summary["Ann"]["majority (leave-one-out)"]["accuracy"] == pytest.approx(4 / 6)

@@ -16,7 +16,17 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from ..errors import CharacterError
 from ..recipe import RecipeError, TrainConfig, pydantic_problems, read_yaml_mapping
-from ..runs import character_home, check_slug, read_json, read_jsonl, run_lock, write_json, write_jsonl, write_status
+from ..runs import (
+    character_home,
+    check_slug,
+    read_json,
+    read_jsonl,
+    read_status,
+    run_lock,
+    write_json,
+    write_jsonl,
+    write_status,
+)
 from ..types import StageStatus
 from .corpus import Motion, Split, Utterance, make_split, read_corpus, read_motions, split_rows
 
@@ -87,6 +97,22 @@ def read_split(cdir: Path) -> Split | None:
     return Split.model_validate(read_json(p)) if p.exists() else None
 
 
+def agent_names(cfg: CohortConfig) -> list[str]:
+    """The recipe's agents, or (where it names none) the agents the import found."""
+    if cfg.agents:
+        return list(cfg.agents)
+    st = read_status(cohort_dir(cfg.name) / "data")
+    return list(st.settings.get("agents", [])) if st else []
+
+
+def imported(cfg: CohortConfig) -> Path:
+    """The cohort's folder, once its corpus is imported (else one line saying what to run)."""
+    cdir = cohort_dir(cfg.name)
+    if read_split(cdir) is None:
+        raise CharacterError(f"cohort={cfg.name!r}: no imported corpus; run: character agents import RECIPE")
+    return cdir
+
+
 def utterances(cdir: Path) -> list[Utterance]:
     return read_jsonl(cdir / "data" / "utterances.jsonl", Utterance)
 
@@ -108,7 +134,12 @@ def import_corpus(cfg: CohortConfig) -> StageStatus:
     table = read_motions(cfg.motions, agents) if cfg.motions else []
     cdir = cohort_dir(cfg.name)
     with run_lock(cdir):
-        split = make_split(rows, cfg.heldout, cfg.seed, read_split(cdir))
+        before = read_split(cdir)
+        if before and (before.seed, before.heldout_share) != (cfg.seed, cfg.heldout):
+            raise CharacterError(f"heldout={cfg.heldout}, seed={cfg.seed}: cohort {cfg.name!r} was split with heldout="
+                                 f"{before.heldout_share}, seed={before.seed} and its models trained on that split; "
+                                 f"keep those values, or remove {cdir} to start the cohort again")
+        split = make_split(rows, cfg.heldout, cfg.seed, before)
         train, held = split_rows(rows, split)
         counts = {}
         for a in agents:

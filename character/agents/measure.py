@@ -14,8 +14,9 @@ from pathlib import Path
 
 import numpy as np
 
-from ..inference import get_backend
-from ..runs import write_json, write_jsonl
+from ..errors import CharacterError
+from ..inference import get_backend, release_backend
+from ..runs import read_status, write_json, write_jsonl
 from ..stats import bootstrap, wilson
 from ..types import Message, Record
 from . import cohort
@@ -48,6 +49,8 @@ def perplexity(lps: list[list[float]], rounds: int = 1000, seed: int = 0) -> dic
     def stat(sample):
         n = sum(len(x) for x in sample)
         return {"ppl": math.exp(-sum(sum(x) for x in sample) / n) if n else math.nan}
+    if not lps:  # an agent with nothing held out
+        return {"perplexity": math.nan, "low": math.nan, "high": math.nan, "tokens": 0, "rows": 0}
     point = stat(lps)["ppl"]
     lo, hi = bootstrap(lps, stat, rounds=rounds, seed=seed)["ppl"]
     return {"perplexity": point, "low": lo, "high": hi, "tokens": sum(len(x) for x in lps), "rows": len(lps)}
@@ -55,12 +58,13 @@ def perplexity(lps: list[list[float]], rounds: int = 1000, seed: int = 0) -> dic
 
 def diagonal_wins(matrix: dict[str, dict[str, dict]], agents: list[str]) -> list[str]:
     """The agents whose own model has the lowest perplexity on their held-out words among all models."""
-    return [a for a in agents if a in matrix and
-            min(matrix, key=lambda m: matrix[m][a]["perplexity"]) == a]
+    return [a for a in agents if a in matrix and not math.isnan(matrix[a][a]["perplexity"]) and
+            min((m for m in matrix if not math.isnan(matrix[m][a]["perplexity"])),
+                key=lambda m: matrix[m][a]["perplexity"]) == a]
 
 
 def vote_question(m: Motion) -> str:
-    return m.question or (f"The council votes on a motion: {m.title}. {m.context}".strip() +
+    return m.question or (f"A motion is put to the vote: {m.title}. {m.context}".strip() +
                           "\nDo you vote yes or no? Answer yes or no.")
 
 
@@ -69,7 +73,11 @@ def p_yes(backend, conversations: list[list[Message]]) -> list[float]:
     n = len(conversations)
     lps = backend.logprobs(conversations + conversations, ["Yes"] * n + ["No"] * n)
     yes, no = [sum(x) for x in lps[:n]], [sum(x) for x in lps[n:]]
-    return [1 / (1 + math.exp(b - a)) for a, b in zip(yes, no, strict=True)]
+    return [_sigmoid(a - b) for a, b in zip(yes, no, strict=True)]
+
+
+def _sigmoid(x: float) -> float:
+    return 1 / (1 + math.exp(-x)) if x >= 0 else math.exp(x) / (1 + math.exp(x))
 
 
 def majority_baseline(motions: list[Motion], agent: str) -> list[str]:
@@ -97,17 +105,29 @@ def prompted_system(agent: str, words: list[Utterance]) -> str:
 
 
 def model_specs(cfg: cohort.CohortConfig, point: dict) -> dict[str, str]:
-    """'base' and each agent's trained, merged model at this grid point (those that exist)."""
+    """'base' and each agent's trained, merged model at this grid point (those finished). A model trained on
+    another split than the current one is refused: its held-out words may be its training words."""
+    split = cohort.read_split(cohort.imported(cfg))
     specs = {"base": cfg.base}
-    for a in cfg.agents or []:
-        path = model_dir(cfg, a, point) / "model"
-        if path.exists():
-            specs[a] = f"hf/{path}"
+    for a in cohort.agent_names(cfg):
+        d = model_dir(cfg, a, point)
+        st = read_status(d)
+        if st and st.state == "done":
+            if st.settings.get("split") != split.train.get(a, []):
+                raise CharacterError(f"agent={a!r}: its model in {d} was trained on another split than the cohort's "
+                                     f"now; train it again: character agents train RECIPE --only \"{a}\"")
+            specs[a] = f"hf/{d / 'model'}"
     return specs
 
 
+def seen_motions(motions: list[Motion], train: list[Utterance], agent: str) -> set[str]:
+    """Motions decided on a day the agent's training words come from (their debate may be in the training text)."""
+    days = {u.date for u in train if u.agent == agent and u.date}
+    return {m.id for m in motions if m.date and m.date in days}
+
+
 def run_perplexity(cfg: cohort.CohortConfig, point: dict, out: Path) -> dict:
-    cdir = cohort.cohort_dir(cfg.name)
+    cdir = cohort.imported(cfg)
     rows = cohort.utterances(cdir)
     _, held = split_rows(rows, cohort.read_split(cdir))
     agents = sorted({u.agent for u in rows})
@@ -116,7 +136,7 @@ def run_perplexity(cfg: cohort.CohortConfig, point: dict, out: Path) -> dict:
         backend = get_backend(spec)
         matrix[name] = {a: perplexity(token_logprobs(backend, [u for u in held if u.agent == a], cfg.name),
                                       seed=cfg.seed) for a in agents}
-        del backend
+        release_backend(spec)
     wins = diagonal_wins(matrix, agents)
     result = {"point": point_id(cfg, point), "models": list(matrix), "agents": agents, "matrix": matrix,
               "diagonal_lowest": wins, "trained": [a for a in agents if a in matrix]}
@@ -149,8 +169,10 @@ def plot_perplexity(result: dict, path: Path) -> None:
 def run_votes(cfg: cohort.CohortConfig, point: dict, out: Path) -> dict:
     """Each agent's model, the base prompted with the agent's own words, and the plain base vote on every motion the
     agent voted on; accuracy against the record beside the agent's majority vote (leave-one-out)."""
-    cdir = cohort.cohort_dir(cfg.name)
+    cdir = cohort.imported(cfg)
     motions = cohort.motions(cdir)
+    if not motions:
+        raise CharacterError(f"cohort={cfg.name!r}: no motions; give the recipe a motions CSV, or skip --sections votes")
     rows = cohort.utterances(cdir)
     train, _ = split_rows(rows, cohort.read_split(cdir))
     agents = sorted({a for m in motions for a in m.votes})
@@ -169,23 +191,24 @@ def run_votes(cfg: cohort.CohortConfig, point: dict, out: Path) -> dict:
     for a in agents:
         ask(base, "base", a, SYSTEM)
         ask(base, "base prompted with their words", a, prompted_system(a, [u for u in train if u.agent == a]))
-    del base
     for a in agents:
         if a in specs:
             backend = get_backend(specs[a])
             ask(backend, "agent model", a, SYSTEM)
-            del backend
+            release_backend(specs[a])
     write_jsonl(out / "votes.jsonl", records)
     summary: dict[str, dict] = {}
     for a in agents:
         mine = [m for m in motions if a in m.votes]
         per = {"majority (leave-one-out)": accuracy([p == m.votes[a] for p, m in
                                                     zip(majority_baseline(motions, a), mine, strict=True)])}
+        seen = seen_motions(motions, train, a)
         for method in ("agent model", "base prompted with their words", "base"):
             got = [r for r in records if r.agent == a and r.method == method]
             if got:
                 per[method] = {**accuracy([r.vote == r.recorded for r in got]),
-                               "yes_share": sum(r.vote == "yes" for r in got) / len(got)}
+                               "yes_share": sum(r.vote == "yes" for r in got) / len(got),
+                               "unseen": accuracy([r.vote == r.recorded for r in got if r.motion not in seen])}
         summary[a] = per
     result = {"point": point_id(cfg, point), "motions": len(motions), "per_agent": summary}
     write_json(out / "votes.json", result)

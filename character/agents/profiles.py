@@ -161,10 +161,10 @@ def questions_path(cdir: Path, agent: str) -> Path:
 def run_profiles(cfg: cohort.CohortConfig, model: str | None = None, say=print) -> dict[str, Profile]:
     """Profiles and questions for every agent (an agent whose profile exists is kept: delete the file to redo it;
     questions already written, and perhaps reviewed, are never overwritten)."""
-    cdir = cohort.cohort_dir(cfg.name)
+    cdir = cohort.imported(cfg)
     rows = cohort.utterances(cdir)
     train, _ = split_rows(rows, cohort.read_split(cdir))
-    agents = cfg.agents or sorted({u.agent for u in rows})
+    agents = cohort.agent_names(cfg)
     backend = get_backend(model or cfg.base)
     out = {}
     for a in agents:

@@ -71,10 +71,8 @@ def train_one(cfg: cohort.CohortConfig, agent: str, point: dict) -> StageStatus:
     from ..merge import merge_into  # heavy: torch
     from ..training.trl import load_base
 
-    cdir = cohort.cohort_dir(cfg.name)
+    cdir = cohort.imported(cfg)
     split = cohort.read_split(cdir)
-    if split is None:
-        raise CharacterError(f"cohort={cfg.name!r}: no imported corpus; run: character agents import RECIPE")
     train, _ = split_rows([u for u in cohort.utterances(cdir) if u.agent == agent], split)
     if not train:
         raise CharacterError(f"agent={agent!r}: no training utterances in cohort {cfg.name!r}")
@@ -120,10 +118,13 @@ def train_all(cfg: cohort.CohortConfig, recipe_path: str, only: list[str] | None
               parallel: int | None = None) -> int:
     """Every agent at every grid point (or `only` these agents): in this process one after another, or as
     `parallel` child processes (one per agent and point), each resumable. 1 if any failed."""
-    agents = only or cfg.agents or sorted({u.agent for u in cohort.utterances(cohort.cohort_dir(cfg.name))})
-    unknown = [a for a in agents if cfg.agents and a not in cfg.agents]
+    cohort.imported(cfg)
+    known = cohort.agent_names(cfg)
+    agents = only or known
+    unknown = [a for a in agents if a not in known]
     if unknown:
-        raise CharacterError(f"--only {unknown[0]!r}: not an agent of cohort {cfg.name!r}; known: {', '.join(cfg.agents)}")
+        raise CharacterError(f"--only {unknown[0]!r}: not an agent of cohort {cfg.name!r}; known: {', '.join(known)} "
+                             "(quote a name with spaces: --only \"Ruth Alvarez\")")
     jobs = [(a, i) for a in agents for i in range(len(grid_points(cfg)))]
     width = parallel or cfg.parallel
     if width > 1 and len(jobs) > 1:

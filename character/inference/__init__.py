@@ -95,3 +95,12 @@ def get_backend(spec: str, **options) -> Backend:
             backend = TinkerBackend(model, **options)
         _cache[key] = backend
         return backend
+
+
+def release_backend(spec: str, **options) -> None:
+    """Drop a backend from this process's cache (a caller that goes through many models one at a time frees
+    each before loading the next)."""
+    provider, model = parse_spec(spec)
+    options = {k: resolve_option(k, v) for k, v in options.items()}
+    with _lock:
+        _cache.pop((provider, model, tuple(sorted((k, repr(v)) for k, v in options.items()))), None)

@@ -376,19 +376,23 @@ class HFBackend:
                                          "run: pip install -e '.[train]'") from None
         grammar = llguidance.LLMatcher.grammar_from_json_schema(
             json_schema, overrides={"whitespace_flexible": False, "key_separator": ": ", "item_separator": ", "})
+        first = llguidance.LLMatcher(self._guidance_tokenizer(), grammar, log_level=0)
+        if first.is_error():  # a schema llguidance cannot follow: say so, rather than decode empty answers
+            raise ModelSpecError(f"json_schema: llguidance cannot use it ({first.get_error()}); simplify the schema "
+                                 "(e.g. drop a lookaround in a pattern)")
         stops = torch.tensor(sorted(self._stop_ids()))
         rows: dict[int, tuple[llguidance.LLMatcher, list[int]]] = {}
 
         def allowed(batch_id: int, input_ids: torch.Tensor) -> torch.Tensor:
             if batch_id not in rows:
-                rows[batch_id] = (llguidance.LLMatcher(self._guidance_tokenizer(), grammar, log_level=0), [0])
+                rows[batch_id] = (first.deep_copy(), [0])
             matcher, seen = rows[batch_id]
             new = input_ids[prompt_width + seen[0]:].tolist()
             seen[0] += len(new)
             if new and not matcher.is_stopped():
                 matcher.consume_tokens(new)
-            if matcher.is_stopped() or matcher.is_error():  # a finished row (its later tokens are padding)
-                return stops
+            if matcher.is_stopped() or matcher.is_error():  # a finished row (its later tokens are padding); an
+                return stops  # error mid-answer ends the row, and the structured layer re-asks
             bits = np.unpackbits(np.frombuffer(matcher.compute_bitmask(), dtype=np.uint8), bitorder="little")
             return torch.from_numpy(np.flatnonzero(bits[:len(self.tokenizer)]))
         return allowed

@@ -3,9 +3,9 @@ robustness, judges and the report card; compare runs side by side."""
 
 import streamlit as st
 
+from character import report
 from character.errors import CharacterError
 from character.evaluate import robustness_warning
-from character import report
 from character.judges import calibration_of
 from studio import state
 
