@@ -10,6 +10,7 @@ pages = [
     st.Page("studio/pages/evaluation.py", title="Evaluation", icon=":material/analytics:"),
     st.Page("studio/pages/compare.py", title="Compare runs", icon=":material/compare_arrows:"),
     st.Page("studio/pages/behaviors.py", title="Behaviours", icon=":material/theater_comedy:"),
+    st.Page("studio/pages/agents.py", title="Agents", icon=":material/groups:"),
     st.Page("studio/pages/checkpoints.py", title="Checkpoints", icon=":material/save:"),
     st.Page("studio/pages/chat.py", title="Chat", icon=":material/chat:"),
     st.Page("studio/pages/settings.py", title="Settings", icon=":material/settings:"),

@@ -430,3 +430,41 @@ def behavior_records(name: str) -> dict:
     if (d / "judge" / "summary.json").exists():
         out["summary"] = read_json(d / "judge" / "summary.json")
     return out
+
+
+# -- agents from their own words -------------------------------------------------------------------
+
+def agents_job_key(cohort: str) -> str:
+    """Cohort jobs in the jobs table (a colon keeps them apart from run names)."""
+    return f"agents:{cohort}"
+
+
+def cohort_recipes() -> dict[str, str]:
+    """Shipped cohort recipes (configs/*.yaml whose first line is an `agents` command): label -> path."""
+    from pathlib import Path
+    shipped = Path(__file__).resolve().parent.parent / "configs"
+    return {f"shipped: {p.name}": str(p) for p in sorted(shipped.glob("*.yaml"))
+            if p.read_text().startswith("# character agents")}
+
+
+def cohort_view(path: str) -> dict:
+    """What the Agents page shows for a cohort recipe: its config, import counts, a preview of the corpus and
+    motions, the report's tables and figures, and each agent's questions."""
+    from character.agents import cohort, profiles
+    from character.agents import report as agents_report
+    from character.runs import read_jsonl, read_status
+    cfg = cohort.load_config(path)
+    cdir = cohort.cohort_dir(cfg.name)
+    data = read_status(cdir / "data")
+    out = {"cfg": cfg, "dir": cdir, "imported": data is not None, "per_agent": [], "utterances": [], "motions": [],
+           "tables": [], "figures": [], "questions": {}}
+    if data:
+        out["per_agent"] = [{"agent": a, **c} for a, c in data.settings["per_agent"].items()]
+        out["utterances"] = [u.model_dump() for u in cohort.utterances(cdir)]
+        out["motions"] = [{"id": m.id, "title": m.title, **m.votes} for m in cohort.motions(cdir)]
+        out["tables"], out["figures"] = agents_report.tables(cfg)
+        for a in cohort.agent_names(cfg):
+            q = profiles.questions_path(cdir, a)
+            out["questions"][a] = (str(q), [x.model_dump() for x in read_jsonl(q, profiles.ProbeQuestion)]
+                                   if q.exists() else [])
+    return out

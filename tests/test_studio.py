@@ -17,7 +17,8 @@ from test_report import fixture_run
 pytest.importorskip("streamlit")
 from streamlit.testing.v1 import AppTest  # noqa: E402
 
-PAGES = ["constitutions", "data", "training", "evaluation", "compare", "behaviors", "checkpoints", "chat", "settings"]
+PAGES = ["constitutions", "data", "training", "evaluation", "compare", "behaviors", "agents", "checkpoints", "chat",
+         "settings"]
 
 
 @pytest.fixture
@@ -359,3 +360,40 @@ def test_compare_page_shows_curves_tables_and_dashboards_per_run(fx, home):
     assert "0.88 [0.00, 1.00]" in list(rob["fx"]) and "0.50 [0.00, 1.00]" in list(rob["gx"])
     keys = {c.key for c in at.get("plotly_chart") if getattr(c, "key", None)}
     assert {f"cmp_fig_{r}_{n}" for r in ("fx", "gx") for n in ("preferences", "robustness")} <= keys, keys
+
+
+def test_agents_page_imports_previews_reviews_questions_and_launches_jobs(home, consts):
+    from character import cli, jobs
+    from character.agents import cohort
+    from character.agents import profiles as P
+    from character.runs import read_jsonl, write_jsonl
+    at = page("agents")
+    assert any("Not imported yet" in i.value for i in at.info)
+    at.button(key="ag_import").click().run()
+    assert not at.exception and any(s.value == "Imported" for s in at.success)
+    per_agent = at.dataframe[0].value
+    assert list(per_agent["agent"]) == ["Ruth Alvarez", "Tomas Wren", "Delia Okafor", "Harold Pike"]
+    assert len(at.dataframe[2].value) == 36  # the motions
+    path = P.questions_path(cohort.cohort_dir("council"), "Ruth Alvarez")
+    write_jsonl(path, [P.ProbeQuestion(id=f"q{i}", agent="Ruth Alvarez", kind="belief", item=f"item {i}",
+                                       question=f"Question {i}?") for i in range(3)])
+    at.run()
+    at.button(key="ag_accept").click().run()
+    at.text_input(key="ag_q_q1").input("What would you cut first?").run()
+    at.button(key="ag_edit").click().run()
+    at.button(key="ag_delete").click().run()
+    assert any("Every question is reviewed" in s.value for s in at.success)
+    at.text_input(key="ag_add_item").input("She checks the numbers").run()
+    at.text_input(key="ag_add_q").input("How do you read a budget?").run()
+    at.button(key="ag_add").click().run()
+    rows = read_jsonl(path, P.ProbeQuestion)
+    assert [(r.status, r.question) for r in rows] == [
+        ("accepted", "Question 0?"), ("edited", "What would you cut first?"), ("deleted", "Question 2?"),
+        ("accepted", "How do you read a budget?")]
+    at.button(key="ag_report").click().run()  # a job, detached; its command is the CLI's
+    job = jobs.jobs("agents:council")[0]
+    try:
+        args = cli.build_parser().parse_args(job.command)
+        assert args.func == cli.cmd_agents_report and args.recipe.endswith("council-cpu.yaml")
+    finally:
+        jobs.cancel(job.id)

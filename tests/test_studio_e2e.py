@@ -1,8 +1,8 @@
 """The studio in a real browser: Debian's chromium driven by Playwright, against a studio started by
 the test on a free port. Create a constitution from the form (a bad name first: the library's
 message, nothing written), preview data, launch a tiny run on the embedded model and watch it
-finish, evaluate it and open its report card, send one chat message. Screenshots of every page go
-to $STUDIO_SCREENSHOTS (docs/studio/ for STUDIO_APP.md) or a temporary folder."""
+finish, evaluate it and open its report card, send one chat message, import the agents' corpus.
+Screenshots of every page go to $STUDIO_SCREENSHOTS (docs/studio/ for STUDIO_APP.md) or a temporary folder."""
 
 from __future__ import annotations
 
@@ -89,7 +89,7 @@ def test_the_studio_end_to_end_in_a_browser(studio, tmp_path):
         # the sidebar's icons are Material Symbols from Streamlit's own font (no emoji font on the machine): one
         # per page, and the font is loaded, so none renders as an empty box
         icons = pg.locator('[data-testid="stSidebarNav"] [data-testid="stIconMaterial"]')
-        wait_for(lambda: icons.count() == 9, 30, "the sidebar's nine page icons")
+        wait_for(lambda: icons.count() == 10, 30, "the sidebar's ten page icons")
         assert pg.evaluate("document.fonts.ready.then(() => [...document.fonts].some(f => "
                            "f.family.includes('Material Symbols') && f.status === 'loaded'))")
         shot("constitutions")
@@ -250,6 +250,14 @@ def test_the_studio_end_to_end_in_a_browser(studio, tmp_path):
         pg.get_by_text("prompted · scenario").first.click()
         pg.locator("strong:visible", has_text="Judge:").first.wait_for(timeout=30_000)  # (the YAML editor says "judge:" too)
         shot("behaviors")
+
+        # 8. Agents: the shipped council's corpus imported from the page (checked and split), its preview shown
+        pg.goto(url + "/agents")
+        pg.get_by_role("button", name="Import: check and split the corpus").click()
+        pg.get_by_text("Imported", exact=True).wait_for(timeout=60_000)
+        assert (home / "agents" / "council" / "data" / "split.json").exists()
+        pg.get_by_text("Motions and recorded votes").wait_for(timeout=30_000)
+        shot("agents")
         browser.close()
 
 

@@ -102,3 +102,31 @@ def review(path: Path, agent: str, ask: Callable[[str], str] = input, say: Calla
     c = counts(rows)
     say(f"saved {path}: {c['pending']} pending, {c['accepted']} accepted, {c['edited']} edited, {c['deleted']} deleted")
     return c
+
+
+# ---- one action at a time (the studio's review): each takes the questions' lock for its own write --------------
+
+def set_status(path: Path, qid: str, status: str, question: str | None = None) -> None:
+    """Accept, delete or edit one question (by id) and save; a concurrent reviewer holding the file is refused."""
+    with run_lock(path.parent):
+        rows = read_jsonl(path, ProbeQuestion)
+        for i, r in enumerate(rows):
+            if r.id == qid:
+                update = {"status": status, **({"question": question.strip()} if question else {})}
+                rows[i] = r.model_copy(update=update)
+                break
+        else:
+            raise CharacterError(f"question={qid!r}: not in {path}; reload the page")
+        write_jsonl(path, rows)
+
+
+def add_question(path: Path, agent: str, kind: str, item: str, question: str) -> None:
+    if kind not in KINDS:
+        raise CharacterError(f"kind={kind!r}: use one of {', '.join(KINDS)}")
+    if not item.strip() or not question.strip():
+        raise CharacterError("question='': give what it probes and the question")
+    with run_lock(path.parent):
+        rows = read_jsonl(path, ProbeQuestion) if path.exists() else []
+        rows.append(ProbeQuestion(id=stable_id(agent, kind, item, question), agent=agent, kind=kind, item=item.strip(),
+                                  question=question.strip(), status="accepted", origin="added"))
+        write_jsonl(path, rows)
