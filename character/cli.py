@@ -732,7 +732,7 @@ def cmd_agents_eval(args) -> int:
         r = agents_measure.run_perplexity(cfg, point, out)
         print(agents_measure.format_perplexity(r))
     if "votes" in args.sections:
-        r = agents_measure.run_votes(cfg, point, out)
+        r = agents_measure.run_votes(cfg, point, out, args.model)
         print(agents_measure.format_votes(r))
     if "completions" in args.sections:
         r = agents_completions.run_completions(cfg, point, out, judge_spec=args.model)

@@ -275,7 +275,12 @@ def test_votes_are_read_from_the_probabilities_of_yes_and_no(trained, monkeypatc
     motions = cohort.motions(cohort.cohort_dir("tiny"))
     m0 = motions[0]
     base = get_backend("embedded")  # the same number straight from the scorer
-    conv = [M.Message(role="system", content=M.SYSTEM), M.Message(role="user", content=M.vote_question(m0))]
+    written = read_json(out.parent / "vote_questions.json")  # the embedded model wrote the questions (none in the table)
+    assert written["model"] == "embedded" and written["from_table"] == 0
+    assert len(written["questions"]) + written["failed"] == 6
+    assert all(q.endswith("?") for q in written["questions"].values())
+    conv = [M.Message(role="system", content=M.SYSTEM),
+            M.Message(role="user", content=M.vote_question(m0, written["questions"]))]
     yes, no = (sum(x) for x in base.logprobs([conv, conv], ["Yes", "No"]))
     got = next(r for r in rows if r.method == "base" and r.agent == "Ann" and r.motion == m0.id)
     assert got.p_yes == pytest.approx(1 / (1 + np.exp(no - yes)), abs=1e-4)

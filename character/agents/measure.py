@@ -11,14 +11,17 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
+from typing import ClassVar
 
 import numpy as np
+from pydantic import BaseModel, Field
 
 from ..errors import CharacterError
 from ..inference import get_backend, release_backend
-from ..runs import read_status, write_json, write_jsonl
+from ..inference.structured import StructuredFailure, generate_structured_batch
+from ..runs import read_json, read_status, write_json, write_jsonl
 from ..stats import bootstrap, wilson
-from ..types import Message, Record
+from ..types import Message, Record, SamplingParams
 from . import cohort
 from .corpus import Motion, Utterance, split_rows
 from .train import SYSTEM, as_example, model_dir, point_id
@@ -63,9 +66,37 @@ def diagonal_wins(matrix: dict[str, dict[str, dict]], agents: list[str]) -> list
                 key=lambda m: matrix[m][a]["perplexity"]) == a]
 
 
-def vote_question(m: Motion) -> str:
-    return m.question or (f"A motion is put to the vote: {m.title}. {m.context}".strip() +
-                          "\nDo you vote yes or no? Answer yes or no.")
+class QuestionDraft(BaseModel):
+    patterns: ClassVar[dict[str, str]] = {"question": r"(Do you|Should|Will you|Would you)( [A-Za-z0-9',$%.-]{1,24}){2,40}\?"}
+    question: str = Field(description="the yes/no question put to a member voting on the motion")
+
+
+def vote_question(m: Motion, written: dict[str, str] | None = None) -> str:
+    """The question put to a voter: the table's own, else one a model wrote from the motion, else the motion."""
+    q = m.question or (written or {}).get(m.id) or f"A motion is put to the vote: {m.title}. {m.context}".strip()
+    return q + "\nDo you vote yes or no? Answer yes or no."
+
+
+def write_vote_questions(cfg: cohort.CohortConfig, motions: list[Motion], out: Path, model: str | None = None) -> dict:
+    """For motions the table gives no question: one written by `model` (default the base) from the title and
+    context, under the question's pattern; kept in `out` (eval/vote_questions.json) and reused for that model.
+    A motion whose question could not be written keeps its title and context (counted)."""
+    spec = model or cfg.base
+    path = out / "vote_questions.json"
+    if path.exists() and read_json(path).get("model") == spec:
+        return read_json(path)
+    todo = [m for m in motions if not m.question]
+    backend = get_backend(spec)
+    convs = [[Message(role="system", content="You write the questions put to council members when they vote."),
+              Message(role="user", content=f"Motion: {m.title}. {m.context}\nWrite the yes/no question a member "
+                      "answers when voting on it.")] for m in todo]
+    got = generate_structured_batch(backend, convs, QuestionDraft,
+                                    SamplingParams(max_tokens=80, temperature=0.3, seed=cfg.seed), retries=1)
+    written = {m.id: g.question for m, g in zip(todo, got, strict=True) if not isinstance(g, StructuredFailure)}
+    result = {"model": spec, "questions": written, "failed": len(todo) - len(written),
+              "from_table": len(motions) - len(todo)}
+    write_json(path, result)
+    return result
 
 
 def p_yes(backend, conversations: list[list[Message]]) -> list[float]:
@@ -166,7 +197,7 @@ def plot_perplexity(result: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def run_votes(cfg: cohort.CohortConfig, point: dict, out: Path) -> dict:
+def run_votes(cfg: cohort.CohortConfig, point: dict, out: Path, model: str | None = None) -> dict:
     """Each agent's model, the base prompted with the agent's own words, and the plain base vote on every motion the
     agent voted on; accuracy against the record beside the agent's majority vote (leave-one-out)."""
     cdir = cohort.imported(cfg)
@@ -179,9 +210,11 @@ def run_votes(cfg: cohort.CohortConfig, point: dict, out: Path) -> dict:
     specs = model_specs(cfg, point)
     records: list[VoteRow] = []
 
+    written = write_vote_questions(cfg, motions, out.parent, model)["questions"]
+
     def ask(backend, method: str, agent: str, system: str) -> None:
         mine = [m for m in motions if agent in m.votes]
-        convs = [[Message(role="system", content=system), Message(role="user", content=vote_question(m))]
+        convs = [[Message(role="system", content=system), Message(role="user", content=vote_question(m, written))]
                  for m in mine]
         for m, p in zip(mine, p_yes(backend, convs), strict=True):
             records.append(VoteRow(method=method, agent=agent, motion=m.id, p_yes=p, vote="yes" if p > 0.5 else "no",

@@ -58,9 +58,15 @@ def tables(cfg: cohort.CohortConfig) -> tuple[list[Table], list[Path]]:
         if (edir / "votes.json").exists():
             r = read_json(edir / "votes.json")
             methods = sorted({k for per in r["per_agent"].values() for k in per})
+            vq = cdir / "eval" / "vote_questions.json"
+            asked = ""
+            if vq.exists():
+                w = read_json(vq)
+                asked = (f" Questions: {w['from_table']} from the table, {len(w['questions'])} written by {w['model']}, "
+                         f"{w['failed']} left as the motion's title and context.")
             out.append((f"Votes ({r['point']})", f"Accuracy on {r['motions']} motions against the recorded votes, 95% "
                         "Wilson intervals; a vote is P(yes) > P(no). The majority baseline predicts each motion by "
-                        "the agent's majority vote on the others.",
+                        "the agent's majority vote on the others." + asked,
                         ["agent", *methods],
                         [[a, *(_interval(per[m], "accuracy") if m in per else "" for m in methods)]
                          for a, per in r["per_agent"].items()]))
