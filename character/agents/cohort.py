@@ -50,6 +50,14 @@ class CohortConfig(BaseModel):
                                   "{lr: [1e-4, 5e-4], rank: [8, 16]}; each combination is one model per agent.")
     parallel: int = Field(1, ge=1, description="Agents and grid points trained at once, as separate processes.")
 
+    @field_validator("train")
+    @classmethod
+    def _local(cls, v: TrainConfig) -> TrainConfig:
+        if v.backend != "trl" or v.num_processes != 1:
+            raise ValueError(f"train.backend={v.backend!r}, num_processes={v.num_processes}: agents train with the local "
+                             "trl backend in one process for now (several agents at once: parallel)")
+        return v
+
     @field_validator("grid")
     @classmethod
     def _grid(cls, v: dict[str, list]) -> dict[str, list]:
