@@ -727,23 +727,29 @@ def cmd_agents_eval(args) -> int:
     if not 0 <= args.point < len(points):
         raise CharacterError(f"--point={args.point}: the recipe's grid has {len(points)} point(s), 0-{len(points) - 1}")
     point = points[args.point]
+    cohort.imported(cfg)
     out = cohort.cohort_dir(cfg.name) / "eval" / agents_train.point_id(cfg, point)
-    if "perplexity" in args.sections:
-        r = agents_measure.run_perplexity(cfg, point, out)
-        print(agents_measure.format_perplexity(r))
-    if "votes" in args.sections:
-        r = agents_measure.run_votes(cfg, point, out, args.model)
-        print(agents_measure.format_votes(r))
-    if "completions" in args.sections:
-        r = agents_completions.run_completions(cfg, point, out, judge_spec=args.model)
-        print(agents_completions.format_completions(r))
-    if "profiles" in args.sections:
+
+    def profiles():
         agents_profiles.run_profiles(cfg, args.model, say=say)
-        print(f"profiles in {cohort.cohort_dir(cfg.name) / 'profiles'}; review the questions: "
-              f"character agents review {args.recipe} --agent NAME")
-    if "alignment" in args.sections:
-        r = agents_alignment.run_alignment(cfg, point, out, judge_spec=args.model)
-        print(agents_alignment.format_alignment(r))
+        return (f"profiles in {cohort.cohort_dir(cfg.name) / 'profiles'}; review the questions: "
+                f"character agents review {args.recipe} --agent NAME")
+    steps = {
+        "perplexity": lambda: agents_measure.format_perplexity(agents_measure.run_perplexity(cfg, point, out)),
+        "votes": lambda: agents_measure.format_votes(agents_measure.run_votes(cfg, point, out, args.model)),
+        "completions": lambda: agents_completions.format_completions(
+            agents_completions.run_completions(cfg, point, out, judge_spec=args.model)),
+        "profiles": profiles,
+        "alignment": lambda: agents_alignment.format_alignment(
+            agents_alignment.run_alignment(cfg, point, out, judge_spec=args.model)),
+    }
+    for name in args.sections or AGENT_SECTIONS:
+        try:
+            print(steps[name]())
+        except CharacterError as e:
+            if args.sections:  # a section asked for by name fails the command
+                raise
+            say(f"[{name}] skipped: {e}")  # the default (every section): one that does not apply is skipped
     print(f"results in {out}")
     return 0
 
@@ -762,7 +768,7 @@ def cmd_agents_run(args) -> int:
     print(cohort.format_import(cohort.import_corpus(cfg)))
     if agents_train.train_all(cfg, args.recipe, parallel=args.parallel) != 0:
         raise CharacterError("agents run: an agent's training failed (see above); run the same command to resume")
-    args.sections, args.point, args.model = list(AGENT_SECTIONS), 0, None
+    args.sections, args.point, args.model = None, 0, None  # every section that applies, at grid point 0
     cmd_agents_eval(args)
     return cmd_agents_report(args)
 
@@ -791,7 +797,8 @@ def add_agents(sub) -> None:
     at.set_defaults(func=cmd_agents_train)
     ae = asub.add_parser("eval", help="perplexity matrix and votes of the trained agents")
     ae.add_argument("recipe", help="agents recipe YAML")
-    ae.add_argument("--sections", nargs="+", default=list(AGENT_SECTIONS), choices=AGENT_SECTIONS)
+    ae.add_argument("--sections", nargs="+", choices=AGENT_SECTIONS,
+                    help="only these (default: every section that applies; one that does not is skipped, saying why)")
     ae.add_argument("--point", type=int, default=0, help="the grid point to evaluate (0-based)")
     ae.add_argument("--model", help="model that judges completions, extracts profiles and writes questions "
                     "(default: the recipe's base)")

@@ -247,17 +247,63 @@ def test_the_cohort_run_ends_with_profiles_questions_and_a_report_card(trained, 
     md = (cdir / "report.md").read_text()
     for title in ("Corpus and split", "Training", "Perplexity on held-out words", "Votes", "Completions", "Profiles"):
         assert f"## {title}" in md
-    edir = cdir / "eval" / next(p.name for p in (cdir / "eval").iterdir())
-    if any(read_jsonl(P.questions_path(cdir, a), P.ProbeQuestion) for a in ("Ann", "Bo")):
-        al = read_json(edir / "alignment.json")  # a number per answer, each from the judge's label probabilities
-        assert "## Alignment with the profile" in md and al["reviewed"] == {"Ann": 0, "Bo": 0}
-        assert all(1 <= v["all"]["mean"] <= 5 for per in al["means"].values() for v in per.values())
-    comp = read_json(cdir / "eval" / next(p.name for p in (cdir / "eval").iterdir()) / "completions.json")
+    from character.agents import train as T
+    edir = cdir / "eval" / T.point_id(trained["cfg"], {})
+    comp = read_json(edir / "completions.json")
     assert set(comp["similarity"]) == {"Ann", "Bo"} and comp["calibration"]["n"] >= 1
     # a judge that did not pass calibration is reported as having no signal, and its matches are not shown
-    assert ("no signal" in md) == (not comp["calibration"]["passed"])
+    section = md.split("## Completions", 1)[1].split("\n## ", 1)[0]
+    assert ("no signal" in section) == (not comp["calibration"]["passed"])
+    assert ("own model against the others" in md) == comp["calibration"]["passed"]
     html = (cdir / "report.html").read_text()
     assert "data:image/png;base64," in html and "<table" in html
+
+
+@pytest.mark.slow
+def test_answers_to_the_probing_questions_are_scored_against_the_profile(trained, monkeypatch):
+    """Questions written here (the 135M extractor may keep no item): every method answers every question that was
+    not deleted, each answer gets a 1-5 score from the judge's label probabilities, and the gate is computed."""
+    from character.agents import alignment as A
+    from character.agents import profiles as P
+    from character.agents import train as T
+    from character.runs import read_json, read_jsonl, write_jsonl
+    monkeypatch.setenv("CHARACTER_HOME", str(trained["home"]))
+    cdir = cohort.cohort_dir("tiny")
+    for agent, status in (("Ann", "accepted"), ("Bo", "pending")):
+        words = next(u.text for u in cohort.utterances(cdir) if u.agent == agent)
+        write_jsonl(P.questions_path(cdir, agent), [
+            P.ProbeQuestion(id=f"{agent}-{i}", agent=agent, kind=k, item=f"{agent} {k} statement", evidence=words,
+                            source="x", question=f"What do you think about {k} {i}?", status=status)
+            for i, k in enumerate(("belief", "personality"))] + [
+            P.ProbeQuestion(id=f"{agent}-gone", agent=agent, kind="memory", item="deleted", question="Gone?",
+                            status="deleted")])
+    assert main(["agents", "eval", str(trained["spec"]), "--sections", "alignment"]) == 0
+    edir = cdir / "eval" / T.point_id(trained["cfg"], {})
+    rows = read_jsonl(edir / "answers.jsonl", A.Answer)
+    assert len(rows) == 2 * 2 * 3 and {r.method for r in rows} == set(A.METHODS)  # the deleted ones are not asked
+    assert all(1 <= r.score <= 5 for r in rows)
+    al = read_json(edir / "alignment.json")
+    assert al["reviewed"] == {"Ann": 2, "Bo": 0} and al["calibration"]["n"] == 4  # each item's evidence vs a decoy
+    for per in al["means"].values():
+        assert per["agent model"]["all"]["n"] == 2 and per["base"]["belief"]["low"] <= per["base"]["belief"]["mean"]
+
+
+def test_the_judges_position_bias_cancels_and_ties_in_the_gate_are_ties():
+    """A judge that always says "A" prefers neither continuation once both orders are read, and an alignment gate
+    whose two scores are equal counts a tie, not a win."""
+    import math
+
+    from character.agents import alignment as A
+    from character.agents import completions as Co
+
+    class SaysA:  # answers "A" with probability 0.9 whatever it is shown
+        supports_logprobs = True
+
+        def logprobs(self, conversations, responses):
+            return [[math.log(0.9 if r == "A" else 0.1)] for r in responses]
+    p, first = Co.prefer_first(SaysA(), [("open", "real", "x", "y"), ("open", "real", "y", "x")])
+    assert p == pytest.approx([0.5, 0.5]) and first == pytest.approx([0.9, 0.9])
+    assert A.gate_outcome(3.2, 3.2) == 0.5 and A.gate_outcome(3.3, 3.2) == 1.0 and A.gate_outcome(2.0, 4.0) == 0.0
 
 
 @pytest.mark.slow

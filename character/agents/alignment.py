@@ -18,9 +18,10 @@ from pathlib import Path
 
 from pydantic import BaseModel, Field
 
+from ..errors import CharacterError
 from ..inference import get_backend, release_backend
 from ..inference.structured import StructuredFailure, generate_structured_batch
-from ..judges import Calibration, calibrate, label_probs
+from ..judges import Calibration, calibrate, label_probs, outcome
 from ..runs import read_json, read_jsonl, write_json, write_jsonl
 from ..stats import mean_interval
 from ..types import Message, Record, SamplingParams
@@ -65,6 +66,11 @@ def scores(judge, prompts: list[list[Message]]) -> list[float]:
     return [sum(int(k) * p for k, p in probs.items()) for probs in label_probs(judge, prompts, LABELS)]
 
 
+def gate_outcome(s_true: float, s_decoy: float) -> float:
+    """A known pair's outcome: 1 when the item's own evidence scored higher, 0 when lower, 0.5 within a tie."""
+    return outcome(0.5 + (s_true - s_decoy) / 8)  # scores differ by at most 4: a probability-like margin
+
+
 def usable(questions: list[ProbeQuestion]) -> list[ProbeQuestion]:
     return [q for q in questions if q.status != "deleted"]
 
@@ -75,6 +81,10 @@ def run_alignment(cfg: cohort.CohortConfig, point: dict, out: Path, judge_spec: 
     specs = model_specs(cfg, point)
     agents = [a for a in cohort.agent_names(cfg) if questions_path(cdir, a).exists()]
     qs = {a: usable(read_jsonl(questions_path(cdir, a), ProbeQuestion)) for a in agents}
+    agents = [a for a in agents if qs[a]]
+    if not agents:
+        raise CharacterError(f"cohort={cfg.name!r}: no probing questions to answer; run the profiles section first "
+                             "(or add questions in the review)")
     profiles = {a: Profile.model_validate(read_json(profile_path(cdir, a))) for a in agents}
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=cfg.seed)
     answers: dict[tuple[str, str], list[str]] = {}
@@ -113,7 +123,7 @@ def run_alignment(cfg: cohort.CohortConfig, point: dict, out: Path, judge_spec: 
                 decoy = random.Random(f"{cfg.seed}:{q.id}").choice(decoys)
                 s_true, s_decoy = scores(judge, [judge_prompt(a, q.kind, q.item, q.question, q.evidence),
                                                  judge_prompt(a, q.kind, q.item, q.question, decoy)])
-                known.append(1.0 if s_true > s_decoy else 0.5 if s_true == s_decoy else 0.0)
+                known.append(gate_outcome(s_true, s_decoy))
     del judge
     cal = calibrate("alignment", judge_spec or cfg.base, "labels", known, [])
     write_jsonl(out / "answers.jsonl", rows)

@@ -106,12 +106,13 @@ def run_completions(cfg: cohort.CohortConfig, point: dict, out: Path, per_agent:
         for m in texts} for a in sorted({u.agent for u, _, _ in cuts})}
     # the judge: calibrated on known pairs (the real words against another agent's words), then the matches
     judge = get_backend(judge_spec or cfg.base)
-    known = []
+    known = []  # the better side: the first half of the real words (not a copy of what the prompt quotes)
     for u, o, r in cuts:
         other = [x for x in held if x.agent != u.agent and len(x.text.split()) >= MIN_REST_WORDS]
         if other:
-            decoy = " ".join(random.Random(f"{cfg.seed}:{u.id}").choice(other).text.split()[:len(r.split())])
-            known.append((o, r, r, decoy))
+            half = r.split()[:max(4, len(r.split()) // 2)]
+            decoy = random.Random(f"{cfg.seed}:{u.id}").choice(other).text.split()[:len(half)]
+            known.append((o, r, " ".join(half), " ".join(decoy)))
     p_known, first_known = prefer_first(judge, known)
     cal = calibrate("completion", judge_spec or cfg.base, "labels", [outcome(p) for p in p_known], first_known)
     pairs = []

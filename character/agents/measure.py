@@ -83,18 +83,21 @@ def write_vote_questions(cfg: cohort.CohortConfig, motions: list[Motion], out: P
     A motion whose question could not be written keeps its title and context (counted)."""
     spec = model or cfg.base
     path = out / "vote_questions.json"
-    if path.exists() and read_json(path).get("model") == spec:
+    kept = read_json(path)["questions"] if path.exists() and read_json(path).get("model") == spec else {}
+    todo = [m for m in motions if not m.question and m.id not in kept]
+    if not todo and path.exists() and read_json(path).get("model") == spec:
         return read_json(path)
-    todo = [m for m in motions if not m.question]
     backend = get_backend(spec)
     convs = [[Message(role="system", content="You write the questions put to council members when they vote."),
               Message(role="user", content=f"Motion: {m.title}. {m.context}\nWrite the yes/no question a member "
                       "answers when voting on it.")] for m in todo]
     got = generate_structured_batch(backend, convs, QuestionDraft,
                                     SamplingParams(max_tokens=80, temperature=0.3, seed=cfg.seed), retries=1)
-    written = {m.id: g.question for m, g in zip(todo, got, strict=True) if not isinstance(g, StructuredFailure)}
-    result = {"model": spec, "questions": written, "failed": len(todo) - len(written),
-              "from_table": len(motions) - len(todo)}
+    written = {**{k: v for k, v in kept.items() if any(m.id == k for m in motions)},
+               **{m.id: g.question for m, g in zip(todo, got, strict=True) if not isinstance(g, StructuredFailure)}}
+    without = [m for m in motions if not m.question]
+    result = {"model": spec, "questions": written, "failed": len(without) - len(written),
+              "from_table": len(motions) - len(without)}
     write_json(path, result)
     return result
 
@@ -151,10 +154,11 @@ def model_specs(cfg: cohort.CohortConfig, point: dict) -> dict[str, str]:
     return specs
 
 
-def seen_motions(motions: list[Motion], train: list[Utterance], agent: str) -> set[str]:
-    """Motions decided on a day the agent's training words come from (their debate may be in the training text)."""
+def unseen_motions(motions: list[Motion], train: list[Utterance], agent: str) -> set[str]:
+    """Dated motions decided on a day none of the agent's training words come from (their debate is not in the
+    training text). Undated motions are in neither set: nothing says where they were debated."""
     days = {u.date for u in train if u.agent == agent and u.date}
-    return {m.id for m in motions if m.date and m.date in days}
+    return {m.id for m in motions if m.date and m.date not in days}
 
 
 def run_perplexity(cfg: cohort.CohortConfig, point: dict, out: Path) -> dict:
@@ -235,13 +239,13 @@ def run_votes(cfg: cohort.CohortConfig, point: dict, out: Path, model: str | Non
         mine = [m for m in motions if a in m.votes]
         per = {"majority (leave-one-out)": accuracy([p == m.votes[a] for p, m in
                                                     zip(majority_baseline(motions, a), mine, strict=True)])}
-        seen = seen_motions(motions, train, a)
+        unseen = unseen_motions(motions, train, a)
         for method in ("agent model", "base prompted with their words", "base"):
             got = [r for r in records if r.agent == a and r.method == method]
             if got:
                 per[method] = {**accuracy([r.vote == r.recorded for r in got]),
                                "yes_share": sum(r.vote == "yes" for r in got) / len(got),
-                               "unseen": accuracy([r.vote == r.recorded for r in got if r.motion not in seen])}
+                               "unseen": accuracy([r.vote == r.recorded for r in got if r.motion in unseen])}
         summary[a] = per
     result = {"point": point_id(cfg, point), "motions": len(motions), "per_agent": summary}
     write_json(out / "votes.json", result)

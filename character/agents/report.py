@@ -17,8 +17,12 @@ from .train import grid_points, model_dir, point_id
 Table = tuple[str, str, list[str], list[list[str]]]  # title, note, header, rows
 
 
-def _interval(v: dict, key: str) -> str:
-    return f"{v[key]:.2f} [{v['low']:.2f}, {v['high']:.2f}]"
+def _num(x, fmt: str = ".2f") -> str:
+    return "–" if x is None or x != x else format(x, fmt)  # None or NaN: nothing to show
+
+
+def _interval(v: dict, key: str, fmt: str = ".2f") -> str:
+    return f"{_num(v.get(key), fmt)} [{_num(v.get('low'), fmt)}, {_num(v.get('high'), fmt)}]"
 
 
 def tables(cfg: cohort.CohortConfig) -> tuple[list[Table], list[Path]]:
@@ -73,7 +77,7 @@ def tables(cfg: cohort.CohortConfig) -> tuple[list[Table], list[Path]]:
             out.append((f"Votes on motions not debated in the training text ({r['point']})",
                         "The same, on the motions decided on days none of the agent's training words come from.",
                         ["agent", *[m for m in methods if not m.startswith("majority")]],
-                        [[a, *(_interval(per[m]["unseen"], "accuracy") if m in per and per[m]["unseen"]["n"] else ""
+                        [[a, *(_interval(per[m]["unseen"], "accuracy") if per.get(m, {}).get("unseen", {}).get("n") else ""
                                for m in methods if not m.startswith("majority"))]
                          for a, per in r["per_agent"].items()]))
         if (edir / "completions.json").exists():
@@ -90,7 +94,7 @@ def tables(cfg: cohort.CohortConfig) -> tuple[list[Table], list[Path]]:
                 out.append((f"Completions: own model against the others ({r['point']})",
                             "Bradley-Terry ratings from the judge's debiased pairwise verdicts on each agent's openings.",
                             ["words of", "model", "rating [95%]"],
-                            [[a, x["item"], f"{x['rating']:.0f} [{x['low']:.0f}, {x['high']:.0f}]"]
+                            [[a, x["item"], _interval(x, "rating", ".0f")]
                              for a, rs in r["ratings"].items() for x in rs]))
         if (edir / "alignment.json").exists():
             r = read_json(edir / "alignment.json")

@@ -89,17 +89,16 @@ with results_tab:
         st.dataframe(pd.DataFrame(rows, columns=header), hide_index=True, use_container_width=True)
 
 with review_tab:
-    have = {a: q for a, q in view["questions"].items() if q[1]}
-    if not have:
-        st.info("No probing questions yet: evaluate the cohort (its profiles section writes them).")
-        st.stop()
-    agent = st.selectbox("Agent", list(have), key="ag_review_agent")
-    qpath, questions = have[agent]
+    have = view["questions"]
+    if not any(q for _, q in have.values()):
+        st.info("No probing questions yet: evaluate the cohort (its profiles section writes them), or add your own.")
+    agent = st.selectbox("Agent", list(have), key="ag_review_agent") if have else None
+    qpath, questions = have[agent] if agent else ("", [])
     counts = {s: sum(q["status"] == s for q in questions) for s in ("pending", "accepted", "edited", "deleted")}
     st.write(" · ".join(f"{n} {s}" for s, n in counts.items()))
     pending = [q for q in questions if q["status"] == "pending"]
     skip = st.session_state.get(f"ag_skip_{agent}", 0) % max(1, len(pending))
-    if pending:
+    if pending and agent:
         q = pending[skip]
         st.markdown(f"**[{q['kind']}]** {q['item']}")
         if q["evidence"]:
@@ -121,17 +120,18 @@ with review_tab:
                 st.rerun()
         except CharacterError as e:
             st.error(str(e))
-    else:
+    elif questions:
         st.success("Every question is reviewed.")
-    with st.expander("Add a question"):
+    with st.expander("Add a question", expanded=not questions):
         kind = st.selectbox("Kind", ["belief", "memory", "personality"], key="ag_add_kind")
         item = st.text_input("What it probes", key="ag_add_item")
         new = st.text_input("Question", key="ag_add_q")
-        if st.button("Add", key="ag_add"):
+        if st.button("Add", key="ag_add", disabled=not agent):
             try:
                 agents_review.add_question(Path(qpath), agent, kind, item, new)
                 st.rerun()
             except CharacterError as e:
                 st.error(str(e))
-    st.dataframe(pd.DataFrame(questions)[["status", "kind", "question", "item"]], hide_index=True,
-                 use_container_width=True)
+    if questions:
+        st.dataframe(pd.DataFrame(questions)[["status", "kind", "question", "item"]], hide_index=True,
+                     use_container_width=True)
