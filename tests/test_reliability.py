@@ -565,7 +565,9 @@ class FaultProxy:
 
 
 def _openai_recipe(tmp_path: Path, name: str, base_url: str) -> Path:
-    opts = {"base_url": base_url, "timeout": 4, "max_retries": 6, "backoff_base": 0.05, "max_concurrency": 4}
+    # a client timeout well above a loaded machine's slowest answer (4 s timed out real answers on 2 busy cores), with
+    # the injected "timeout" fault sleeping longer still
+    opts = {"base_url": base_url, "timeout": 15, "max_retries": 6, "backoff_base": 0.05, "max_concurrency": 2}
     return write_recipe(tmp_path, name=name, stages=["prompts", "distill"],
                         models={"teacher": "openai/smollm2", "student": "openai/smollm2", "judge": "embedded",
                                 "options": {"openai/smollm2": opts}},
@@ -577,7 +579,7 @@ def _openai_recipe(tmp_path: Path, name: str, base_url: str) -> Path:
 @pytest.mark.server
 @pytest.mark.slow
 def test_distillation_through_a_faulty_proxy_keeps_every_prompt_exactly_once(llama_server, tmp_path, home):
-    proxy = FaultProxy(llama_server, timeout_sleep=5)
+    proxy = FaultProxy(llama_server, timeout_sleep=16)
     try:
         counts = {}
         for name, url in (("direct", llama_server), ("faulty", proxy.url)):
