@@ -197,7 +197,12 @@ def trained(tmp_path_factory):
     old = os.environ.get("CHARACTER_HOME")
     os.environ["CHARACTER_HOME"] = str(home)
     try:
-        assert main(["agents", "run", str(spec)]) == 0  # import, train, eval, report
+        # the steps of `agents run` without the profiles and alignment sections (the 135M extractor and judge take
+        # minutes there; profiles are checked with a scripted extractor, alignment on questions written below)
+        assert main(["agents", "import", str(spec)]) == 0
+        assert main(["agents", "train", str(spec)]) == 0
+        assert main(["agents", "eval", str(spec), "--sections", "perplexity", "votes", "completions"]) == 0
+        assert main(["agents", "report", str(spec)]) == 0
         cfg = cohort.load_config(spec)
         yield {"home": home, "cfg": cfg, "spec": spec}
     finally:
@@ -230,22 +235,12 @@ def test_each_agent_model_is_trained_merged_and_lowest_on_its_own_words(trained,
 
 
 @pytest.mark.slow
-def test_the_cohort_run_ends_with_profiles_questions_and_a_report_card(trained, monkeypatch):
-    from character.agents import profiles as P
-    from character.runs import read_json, read_jsonl
+def test_the_cohort_report_card_has_every_measured_section(trained, monkeypatch):
+    from character.runs import read_json
     monkeypatch.setenv("CHARACTER_HOME", str(trained["home"]))
     cdir = cohort.cohort_dir("tiny")
-    for agent in ("Ann", "Bo"):
-        prof = P.Profile.model_validate(read_json(P.profile_path(cdir, agent)))
-        c = prof.counts
-        assert c["kept"] == len(prof.items) == c["proposed"] - c["unsupported"] - c["duplicate"]
-        for item in prof.items:  # every kept item quotes its source line
-            assert item.evidence.lower().split()[0] in next(u.text.lower() for u in cohort.utterances(cdir)
-                                                            if u.id == item.source)
-        qs = read_jsonl(P.questions_path(cdir, agent), P.ProbeQuestion)
-        assert len(qs) <= len(prof.items) and all(q.status == "pending" and q.question.endswith("?") for q in qs)
     md = (cdir / "report.md").read_text()
-    for title in ("Corpus and split", "Training", "Perplexity on held-out words", "Votes", "Completions", "Profiles"):
+    for title in ("Corpus and split", "Training", "Perplexity on held-out words", "Votes", "Completions"):
         assert f"## {title}" in md
     from character.agents import train as T
     edir = cdir / "eval" / T.point_id(trained["cfg"], {})
@@ -274,18 +269,18 @@ def test_answers_to_the_probing_questions_are_scored_against_the_profile(trained
         write_jsonl(P.questions_path(cdir, agent), [
             P.ProbeQuestion(id=f"{agent}-{i}", agent=agent, kind=k, item=f"{agent} {k} statement", evidence=words,
                             source="x", question=f"What do you think about {k} {i}?", status=status)
-            for i, k in enumerate(("belief", "personality"))] + [
+            for i, k in enumerate(("belief",))] + [
             P.ProbeQuestion(id=f"{agent}-gone", agent=agent, kind="memory", item="deleted", question="Gone?",
                             status="deleted")])
     assert main(["agents", "eval", str(trained["spec"]), "--sections", "alignment"]) == 0
     edir = cdir / "eval" / T.point_id(trained["cfg"], {})
     rows = read_jsonl(edir / "answers.jsonl", A.Answer)
-    assert len(rows) == 2 * 2 * 3 and {r.method for r in rows} == set(A.METHODS)  # the deleted ones are not asked
+    assert len(rows) == 2 * 1 * 3 and {r.method for r in rows} == set(A.METHODS)  # the deleted ones are not asked
     assert all(1 <= r.score <= 5 for r in rows)
     al = read_json(edir / "alignment.json")
-    assert al["reviewed"] == {"Ann": 2, "Bo": 0} and al["calibration"]["n"] == 4  # each item's evidence vs a decoy
+    assert al["reviewed"] == {"Ann": 1, "Bo": 0} and al["calibration"]["n"] == 2  # each item's evidence vs a decoy
     for per in al["means"].values():
-        assert per["agent model"]["all"]["n"] == 2 and per["base"]["belief"]["low"] <= per["base"]["belief"]["mean"]
+        assert per["agent model"]["all"]["n"] == 1 and per["base"]["belief"]["low"] <= per["base"]["belief"]["mean"]
 
 
 def test_the_judges_position_bias_cancels_and_ties_in_the_gate_are_ties():

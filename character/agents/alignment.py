@@ -27,7 +27,7 @@ from ..stats import mean_interval
 from ..types import Message, Record, SamplingParams
 from . import cohort
 from .measure import model_specs
-from .profiles import KINDS, ProbeQuestion, Profile, profile_path, questions_path
+from .profiles import KINDS, ProbeQuestion, Profile, ProfileItem, profile_path, questions_path
 from .train import SYSTEM, point_id
 
 LABELS = ["1", "2", "3", "4", "5"]
@@ -85,7 +85,10 @@ def run_alignment(cfg: cohort.CohortConfig, point: dict, out: Path, judge_spec: 
     if not agents:
         raise CharacterError(f"cohort={cfg.name!r}: no probing questions to answer; run the profiles section first "
                              "(or add questions in the review)")
-    profiles = {a: Profile.model_validate(read_json(profile_path(cdir, a))) for a in agents}
+    profiles = {a: Profile.model_validate(read_json(profile_path(cdir, a))) if profile_path(cdir, a).exists()
+                else Profile(agent=a, counts={}, items=[  # questions added by hand only: their items are the profile
+                    ProfileItem(id=q.id, agent=a, kind=q.kind, statement=q.item, evidence=q.evidence, source=q.source)
+                    for q in qs[a]]) for a in agents}
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=cfg.seed)
     answers: dict[tuple[str, str], list[str]] = {}
     base = get_backend(cfg.base)

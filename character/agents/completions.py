@@ -15,6 +15,7 @@ is to what the agent really said.
 from __future__ import annotations
 
 import random
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -126,7 +127,7 @@ def run_completions(cfg: cohort.CohortConfig, point: dict, out: Path, per_agent:
     for (i, a, m), p in zip(pairs, p_own, strict=True):
         matches[a].append(Match(prompt=cuts[i][0].id, a=a, b=m, winner="a" if p > 0.5 else "b" if p < 0.5 else "tie",
                                 score=p))
-    ratings = {a: [r.model_dump() for r in bt_bootstrap(ms, seed=cfg.seed)] if ms else [] for a, ms in matches.items()}
+    ratings = {a: [asdict(r) for r in bt_bootstrap(ms, seed=cfg.seed)] if ms else [] for a, ms in matches.items()}
     own_wins = {a: sum(m.winner == "a" for m in ms) / len(ms) if ms else None for a, ms in matches.items()}
     result = {"point": point_id(cfg, point), "openings": len(cuts), "similarity": similarity,
               "calibration": cal.model_dump(), "own_model_win_share": own_wins, "ratings": ratings}
