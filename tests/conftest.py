@@ -20,6 +20,31 @@ for _var in ("OPENAI_API_KEY", "OPENAI_BASE_URL", "TINKER_API_KEY", "TOGETHER_AP
              "CHARACTER_TEACHER_MODEL",
              "CHARACTER_STUDENT_MODEL", "CHARACTER_JUDGE_MODEL"):
     os.environ.pop(_var, None)  # tests never reach a remote API, whatever the shell has set
+if os.environ.get("PYTEST_XDIST_WORKER"):
+    # `make test` runs two pytest workers on the two cores: one math thread each, inherited by the commands and
+    # the studio they start (torch's default of a thread per core would put four busy threads on two cores)
+    for _var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS"):
+        os.environ.setdefault(_var, "1")
+
+# Tests that share an expensive fixture run on one worker (`--dist loadgroup`), so it is built once:
+# fixture -> group. The longest groups start first, so that neither worker is left with a long tail.
+SHARED = {"tiny_run": "tiny", "trained": "agents", "dpo_run": "training"}
+FIRST = ("test_studio_e2e.py", "tiny", "agents", "training")
+
+
+@pytest.hookimpl(tryfirst=True)  # before xdist reads the groups
+def pytest_collection_modifyitems(config, items):
+    def group(item):
+        return next((g for f, g in SHARED.items() if f in item.fixturenames), None)
+
+    def rank(item):
+        key = group(item) or item.path.name
+        return FIRST.index(key) if key in FIRST else len(FIRST)
+
+    for item in items:
+        if group(item):
+            item.add_marker(pytest.mark.xdist_group(group(item)))
+    items.sort(key=rank)  # stable: the order within each rank is pytest's own
 
 
 @pytest.fixture(autouse=True)
