@@ -425,7 +425,8 @@ _INTRO = ("Read from the run folders (`character eval run` made the numbers). In
           "percentile intervals; judge calibration intervals are Wilson 95% intervals. Each judged section "
           "names its judge and how it did on known pairs from the run's own data; a criterion whose "
           "calibration did not clear chance is shown as \"no signal\", never as a result.")
-_STYLE = ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+STYLE = (  # the report cards' page style (the run's and the cohort's)
+    "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
           "margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}</style>")
 
 
@@ -450,7 +451,7 @@ def _markdown(tables: list[Table], runs: list[Path]) -> str:
 
 def _html(tables: list[Table], figs: list[tuple[str, object]], runs: list[Path]) -> str:
     parts = ["<!doctype html><html><head><meta charset='utf-8'><title>Report card</title>",
-             _STYLE + "</head><body>", f"<h1>Report card: {escape(', '.join(r.name for r in runs))}</h1>"]
+             STYLE + "</head><body>", f"<h1>Report card: {escape(', '.join(r.name for r in runs))}</h1>"]
     for i, (name, fig) in enumerate(figs):  # plotly.js once, inline, with the first chart
         parts.append(f"<div id='fig-{name}'>" + fig.to_html(full_html=False, include_plotlyjs="inline" if i == 0
                                                             else False) + "</div>")

@@ -125,6 +125,11 @@ def utterances(cdir: Path) -> list[Utterance]:
     return read_jsonl(cdir / "data" / "utterances.jsonl", Utterance)
 
 
+def train_held(cdir: Path) -> tuple[list[Utterance], list[Utterance]]:
+    """The imported utterances as (train, held out), by the recorded split."""
+    return split_rows(utterances(cdir), read_split(cdir))
+
+
 def motions(cdir: Path) -> list[Motion]:
     p = cdir / "data" / "motions.jsonl"
     return read_jsonl(p, Motion) if p.exists() else []

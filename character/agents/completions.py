@@ -29,7 +29,7 @@ from ..scorers import Embedder
 from ..stats import mean_interval
 from ..types import Match, Message, Record, SamplingParams
 from . import cohort
-from .corpus import Utterance, split_rows
+from .corpus import Utterance
 from .measure import conversation, model_specs
 from .train import point_id
 
@@ -80,8 +80,7 @@ def run_completions(cfg: cohort.CohortConfig, point: dict, out: Path, per_agent:
     """Continuations by every trained agent model of up to `per_agent` held-out openings per agent, their
     similarity to the real words, and the calibrated pairwise judge's matches and ratings (see the module)."""
     cdir = cohort.imported(cfg)
-    rows = cohort.utterances(cdir)
-    _, held = split_rows(rows, cohort.read_split(cdir))
+    _, held = cohort.train_held(cdir)
     cuts = openings(held, per_agent, cfg.seed)
     specs = {m: s for m, s in model_specs(cfg, point).items() if m != "base"}
     if not cuts or not specs:

@@ -23,7 +23,7 @@ from ..runs import read_json, read_status, write_json, write_jsonl
 from ..stats import bootstrap, wilson
 from ..types import Message, Record, SamplingParams
 from . import cohort
-from .corpus import Motion, Utterance, split_rows
+from .corpus import Motion, Utterance
 from .train import SYSTEM, as_example, model_dir, point_id
 
 PROMPTED_QUOTES = 5
@@ -83,10 +83,12 @@ def write_vote_questions(cfg: cohort.CohortConfig, motions: list[Motion], out: P
     A motion whose question could not be written keeps its title and context (counted)."""
     spec = model or cfg.base
     path = out / "vote_questions.json"
-    kept = read_json(path)["questions"] if path.exists() and read_json(path).get("model") == spec else {}
+    saved = read_json(path) if path.exists() else {}
+    same_model = saved.get("model") == spec
+    kept = saved["questions"] if same_model else {}
     todo = [m for m in motions if not m.question and m.id not in kept]
-    if not todo and path.exists() and read_json(path).get("model") == spec:
-        return read_json(path)
+    if same_model and not todo:
+        return saved
     backend = get_backend(spec)
     convs = [[Message(role="system", content="You write the questions put to council members when they vote."),
               Message(role="user", content=f"Motion: {m.title}. {m.context}\nWrite the yes/no question a member "
@@ -163,9 +165,8 @@ def unseen_motions(motions: list[Motion], train: list[Utterance], agent: str) ->
 
 def run_perplexity(cfg: cohort.CohortConfig, point: dict, out: Path) -> dict:
     cdir = cohort.imported(cfg)
-    rows = cohort.utterances(cdir)
-    _, held = split_rows(rows, cohort.read_split(cdir))
-    agents = sorted({u.agent for u in rows})
+    train, held = cohort.train_held(cdir)
+    agents = sorted({u.agent for u in train + held})
     matrix: dict[str, dict[str, dict]] = {}
     for name, spec in model_specs(cfg, point).items():
         backend = get_backend(spec)
@@ -208,8 +209,7 @@ def run_votes(cfg: cohort.CohortConfig, point: dict, out: Path, model: str | Non
     motions = cohort.motions(cdir)
     if not motions:
         raise CharacterError(f"cohort={cfg.name!r}: no motions; give the recipe a motions CSV, or skip --sections votes")
-    rows = cohort.utterances(cdir)
-    train, _ = split_rows(rows, cohort.read_split(cdir))
+    train, _ = cohort.train_held(cdir)
     agents = sorted({a for m in motions for a in m.votes})
     specs = model_specs(cfg, point)
     records: list[VoteRow] = []

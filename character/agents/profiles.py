@@ -25,7 +25,7 @@ from ..prompts import is_near_duplicate
 from ..runs import read_json, write_json, write_jsonl
 from ..types import Message, Record, SamplingParams, stable_id
 from . import cohort
-from .corpus import Utterance, split_rows
+from .corpus import Utterance
 from .train import agent_slug
 
 Kind = Literal["belief", "memory", "personality"]
@@ -162,8 +162,7 @@ def run_profiles(cfg: cohort.CohortConfig, model: str | None = None, say=print) 
     """Profiles and questions for every agent (an agent whose profile exists is kept: delete the file to redo it;
     questions already written, and perhaps reviewed, are never overwritten)."""
     cdir = cohort.imported(cfg)
-    rows = cohort.utterances(cdir)
-    train, _ = split_rows(rows, cohort.read_split(cdir))
+    train, _ = cohort.train_held(cdir)
     agents = cohort.agent_names(cfg)
     backend = get_backend(model or cfg.base)
     out = {}

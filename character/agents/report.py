@@ -8,7 +8,7 @@ from html import escape
 from pathlib import Path
 
 from ..judges import Calibration, judged
-from ..report import frame
+from ..report import STYLE, frame
 from ..runs import read_json, read_jsonl, read_status, write_atomic
 from . import cohort
 from .profiles import ProbeQuestion, Profile, profile_path, questions_path
@@ -134,9 +134,7 @@ def write_report(cfg: cohort.CohortConfig) -> tuple[Path, Path]:
     found, figures = tables(cfg)
     md = [f"# Cohort report card: {cfg.name}", "", f"Base model `{cfg.base}`; agents: "
           f"{', '.join(cohort.agent_names(cfg))}.", ""]
-    html = ["<!doctype html><html><head><meta charset='utf-8'><title>Cohort report card</title>"
-            "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-            "margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}</style></head><body>",
+    html = [f"<!doctype html><html><head><meta charset='utf-8'><title>Cohort report card</title>{STYLE}</head><body>",
             f"<h1>Cohort report card: {escape(cfg.name)}</h1><p>Base model <code>{escape(cfg.base)}</code></p>"]
     for title, note, header, rows in found:
         table = frame(header, [[c.replace("|", "/") for c in row] for row in rows])
