@@ -47,6 +47,15 @@ def pytest_collection_modifyitems(config, items):
     items.sort(key=rank)  # stable: the order within each rank is pytest's own
 
 
+def pytest_configure(config):
+    """pytest-xdist 3.8 groups tests (`--dist loadgroup`) by renaming `item._nodeid`, which pytest 9.2 no longer
+    reads: the groups would be ignored and the shared runs built on both workers. Stop with the fix instead."""
+    from packaging.version import Version
+    if config.getoption("dist", "no") == "loadgroup" and Version(pytest.__version__) >= Version("9.2"):
+        raise pytest.UsageError(f"pytest {pytest.__version__} ignores pytest-xdist's test groups; install the "
+                                "versions pyproject.toml's dev extra names: pip install -e '.[dev]'")
+
+
 @pytest.fixture(autouse=True)
 def home(tmp_path, monkeypatch):
     monkeypatch.setenv("CHARACTER_HOME", str(tmp_path / "home"))
