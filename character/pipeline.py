@@ -348,12 +348,16 @@ def run_processes(commands: list[list[str]], labels: list[str], parallel: int) -
     children too (each records `stopped` and keeps its finished work)."""
     procs: list[tuple[str, subprocess.Popen]] = []
     pending = list(zip(labels, commands, strict=True))
+    # each child gets its share of the cores for torch's math threads (unless the user chose a number): two
+    # processes with one thread each outrun two with two threads each on a 2-core machine (benchmarks/RESULTS.md)
+    threads = str(max(1, (os.cpu_count() or 1) // min(parallel, len(commands) or 1)))
+    env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or threads}
     failed = 0
     try:
         while pending or procs:
             while pending and len(procs) < parallel:
                 label, cmd = pending.pop(0)
-                procs.append((label, subprocess.Popen(cmd)))
+                procs.append((label, subprocess.Popen(cmd, env=env)))
             for r, p in list(procs):
                 if p.poll() is not None:
                     procs.remove((r, p))
