@@ -350,7 +350,7 @@ def run_processes(commands: list[list[str]], labels: list[str], parallel: int) -
     pending = list(zip(labels, commands, strict=True))
     # each child gets its share of the cores for torch's math threads (unless the user chose a number): two
     # processes with one thread each outrun two with two threads each on a 2-core machine (benchmarks/RESULTS.md)
-    threads = str(max(1, (os.cpu_count() or 1) // min(parallel, len(commands) or 1)))
+    threads = str(max(1, (os.cpu_count() or 1) // max(1, min(parallel, len(commands)))))
     env = {**os.environ, "OMP_NUM_THREADS": os.environ.get("OMP_NUM_THREADS") or threads}
     failed = 0
     try:
