@@ -425,9 +425,9 @@ _INTRO = ("Read from the run folders (`character eval run` made the numbers). In
           "percentile intervals; judge calibration intervals are Wilson 95% intervals. Each judged section "
           "names its judge and how it did on known pairs from the run's own data; a criterion whose "
           "calibration did not clear chance is shown as \"no signal\", never as a result.")
-STYLE = (  # the report cards' page style (the run's and the cohort's)
-    "<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
-          "margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}</style>")
+# the report cards' page style (the run's and the cohort's)
+STYLE = ("<style>body{font-family:sans-serif;max-width:1100px;margin:2em auto}table{border-collapse:collapse;"
+         "margin-bottom:1.5em}td,th{border:1px solid #ccc;padding:4px 8px;font-size:14px}</style>")
 
 
 def frame(header: list[str], rows: list[list[str]]):

@@ -83,8 +83,8 @@ def run_alignment(cfg: cohort.CohortConfig, point: dict, out: Path, judge_spec: 
     qs = {a: usable(read_jsonl(questions_path(cdir, a), ProbeQuestion)) for a in agents}
     agents = [a for a in agents if qs[a]]
     if not agents:
-        raise CharacterError(f"cohort={cfg.name!r}: no probing questions to answer; run the profiles section first "
-                             "(or add questions in the review)")
+        raise CharacterError(f"cohort={cfg.name!r}: no probing questions to answer (the profiles section has not run, "
+                             "or kept no item); add questions with: character agents review RECIPE --agent NAME")
     profiles = {a: Profile.model_validate(read_json(profile_path(cdir, a))) if profile_path(cdir, a).exists()
                 else Profile(agent=a, counts={}, items=[  # questions added by hand only: their items are the profile
                     ProfileItem(id=q.id, agent=a, kind=q.kind, statement=q.item, evidence=q.evidence, source=q.source)
