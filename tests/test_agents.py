@@ -4,6 +4,7 @@ a split by source that is recorded once and stays put."""
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import numpy as np
@@ -329,8 +330,8 @@ def test_votes_are_read_from_the_probabilities_of_yes_and_no(trained, monkeypatc
     plain = {(r.agent, r.motion): r.p_yes for r in rows if r.method == "base"}
     assert max(abs(own[k] - plain[k]) for k in own) > 1e-3  # the agent models' own probabilities, not the base's
     summary = read_json(out / "votes.json")["per_agent"]
-    # Ann votes no only on m0 and m3: leaving each motion out, her majority is yes -> 4 of 6 right
-    assert summary["Ann"]["majority (leave-one-out)"]["accuracy"] == pytest.approx(4 / 6)
+    # Ann votes no only on m0 and m3: her majority vote is yes -> 4 of 6 right
+    assert summary["Ann"]["majority vote"]["accuracy"] == pytest.approx(4 / 6)
     for per in summary.values():
         assert per["agent model"]["n"] == 6 and per["agent model"]["low"] <= per["agent model"]["accuracy"] <= per["agent model"]["high"]
 
@@ -410,29 +411,50 @@ def test_the_review_command_in_a_terminal_saves_every_action_and_resumes(tmp_pat
     assert t.exitstatus == 0
 
 
-def test_a_profile_keeps_only_items_quoted_from_their_chunk_and_merges_duplicates():
+def test_the_majority_baseline_guesses_the_usual_vote_and_yes_on_a_tie():
+    from character.agents.corpus import Motion
+    from character.agents.measure import majority_baseline
+
+    def motions(votes):
+        return [Motion(id=f"m{i}", title=f"Motion {i}", votes={"Ann": v}) for i, v in enumerate(votes)]
+    assert majority_baseline(motions(["no", "no", "yes"]), "Ann") == ["no"] * 3
+    assert majority_baseline(motions(["no", "yes"] * 3), "Ann") == ["yes"] * 6  # an even split scores 0.5, not 0
+
+
+def test_a_profile_keeps_only_items_quoted_from_the_agents_words_and_merges_duplicates():
     """The model's answer is scripted here (a stand-in for any extractor); what is tested is our check of each
-    item against the text it was given."""
+    item against the agent's words, the source we find for it, and the schema a guided decoder is given."""
     from conftest import Scripted
 
     from character.agents import profiles as P
     rows = [Utterance(id="u1", agent="Ann", text="Let's look at the numbers. The bridge pays for itself in ten years.",
                       source="s1"),
-            Utterance(id="u2", agent="Ann", text="I remember the flood of 1987, when the river took the mill.", source="s2")]
+            Utterance(id="u2", agent="Ann", text="I remember the flood of 1987, when the river took the mill.", source="s2"),
+            Utterance(id="u3", agent="Ann", text="the weather was fine " * 75, source="s3")]  # a second chunk
     answer = {"items": [
         {"kind": "belief", "statement": "Ann thinks the bridge pays for itself.",
-         "evidence": "the bridge pays for  itself", "source": "u1"},  # a real quote (spacing aside): kept
+         "evidence": "the bridge pays for  itself"},  # a real quote (spacing aside): kept, from u1
         {"kind": "belief", "statement": "Ann thinks the bridge pays for itself quickly.",
-         "evidence": "The bridge pays for itself in ten years", "source": "u1"},  # same belief again: merged
-        {"kind": "memory", "statement": "Ann remembers the 1987 flood.",
-         "evidence": "the flood of 1987", "source": "u1"},  # right words, wrong line: dropped
+         "evidence": "The bridge pays for itself in ten years"},  # same belief again: merged
+        {"kind": "memory", "statement": "Ann remembers a flood.", "evidence": "the flood"},  # too short: dropped
         {"kind": "personality", "statement": "Ann is careful with money.",
-         "evidence": "I always count every penny", "source": "u1"},  # not in the text: dropped
+         "evidence": "I always count every penny"}]}  # not in the text: dropped
+    second = {"items": [  # from the second chunk: quotes of the first are the agent's words all the same
         {"kind": "memory", "statement": "Ann remembers the river taking the mill.",
-         "evidence": "when the river took the mill", "source": "u2"}]}
-    profile = P.build_profile("Ann", rows, Scripted([json.dumps(answer)]))
+         "evidence": "when the river took the mill"},  # kept, from u2
+        {"kind": "memory", "statement": "Ann saw a mill lost to water.",
+         "evidence": "When the river took the mill."}]}  # other words, the same quote: merged
+    scripted = Scripted([json.dumps(answer), json.dumps(second)])
+    profile = P.build_profile("Ann", rows, scripted)
     assert [(i.kind, i.source) for i in profile.items] == [("belief", "u1"), ("memory", "u2")]
-    assert profile.counts == {"chunks": 1, "failed_chunks": 0, "proposed": 5, "unsupported": 2, "duplicate": 1,
+    assert profile.counts == {"chunks": 2, "failed_chunks": 0, "proposed": 6, "unsupported": 2, "duplicate": 2,
                               "kept": 2}
+    # an unguided backend is given the plain schema; a guided one may quote only whole sentences of 5+ words
+    assert scripted.calls[0][1] == P.ProfileDraft.model_json_schema()
+    item = P.guided_schema(rows)["$defs"]["ItemDraft"]["properties"]
+    assert item["evidence"]["enum"][:3] == ["Let's look at the numbers.", "The bridge pays for itself in ten years.",
+                                        "I remember the flood of 1987, when the river took the mill."]
+    assert re.fullmatch(item["statement"]["pattern"], "Ann thinks the bridge pays for itself.")
+    assert not re.fullmatch(item["statement"]["pattern"], "Ann " + "and " * 30 + "so on.")
     many = [Utterance(id=f"u{i}", agent="Ann", text="word " * 120, source="s") for i in range(5)]
     assert [len(c) for c in P.chunks(many)] == [2, 2, 1]  # about 300 words a chunk

@@ -117,16 +117,12 @@ def _sigmoid(x: float) -> float:
 
 
 def majority_baseline(motions: list[Motion], agent: str) -> list[str]:
-    """Each motion predicted by the agent's majority vote on the other motions (yes on a tie)."""
+    """Every motion the agent voted on predicted by the agent's majority vote over all of them (yes on a tie): the
+    score of always guessing their usual vote. (Leaving the motion itself out, as an out-of-sample guess would, is
+    degenerate for an evenly split member: each left-out vote tips the rest against it, and it scores 0.)"""
     votes = [m.votes[agent] for m in motions if agent in m.votes]
-    out = []
-    for m in motions:
-        if agent not in m.votes:
-            continue
-        yes = votes.count("yes") - (m.votes[agent] == "yes")
-        no = votes.count("no") - (m.votes[agent] == "no")
-        out.append("yes" if yes >= no else "no")
-    return out
+    usual = "yes" if votes.count("yes") >= votes.count("no") else "no"
+    return [usual] * len(votes)
 
 
 def accuracy(correct: list[bool]) -> dict:
@@ -204,7 +200,7 @@ def plot_perplexity(result: dict, path: Path) -> None:
 
 def run_votes(cfg: cohort.CohortConfig, point: dict, out: Path, model: str | None = None) -> dict:
     """Each agent's model, the base prompted with the agent's own words, and the plain base vote on every motion the
-    agent voted on; accuracy against the record beside the agent's majority vote (leave-one-out)."""
+    agent voted on; accuracy against the record beside the agent's majority vote."""
     cdir = cohort.imported(cfg)
     motions = cohort.motions(cdir)
     if not motions:
@@ -237,8 +233,8 @@ def run_votes(cfg: cohort.CohortConfig, point: dict, out: Path, model: str | Non
     summary: dict[str, dict] = {}
     for a in agents:
         mine = [m for m in motions if a in m.votes]
-        per = {"majority (leave-one-out)": accuracy([p == m.votes[a] for p, m in
-                                                    zip(majority_baseline(motions, a), mine, strict=True)])}
+        per = {"majority vote": accuracy([p == m.votes[a] for p, m in
+                                         zip(majority_baseline(motions, a), mine, strict=True)])}
         unseen = unseen_motions(motions, train, a)
         for method in ("agent model", "base prompted with their words", "base"):
             got = [r for r in records if r.agent == a and r.method == method]

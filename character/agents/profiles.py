@@ -4,11 +4,15 @@ the probing questions written from it (reviewed by a person before they are used
     agents/<cohort>/profiles/<agent-slug>.json    the profile: items with kind, statement, evidence, source
     agents/<cohort>/questions/<agent-slug>.jsonl  one ProbeQuestion per profile item (status pending until reviewed)
 
-Extraction reads the agent's training utterances in chunks of about `CHUNK_WORDS` words, each line tagged with
-its utterance id, and asks for items in a schema (structured output: constrained decoding on local models). An
-item is kept only if its evidence is an exact quote of the chunk (whitespace and case aside) and its source is
-one of the chunk's ids; near-duplicate statements of the same kind are merged across chunks. Every drop is
-counted in the profile's `counts`.
+Extraction reads the agent's training utterances in chunks of about `CHUNK_WORDS` words and asks for items in a
+schema (structured output). Each item's evidence must be an exact quote of the agent's training words (whitespace
+and case aside) of at least `QUOTE_WORDS` words; its source is the utterance the quote comes from, found by us rather
+than asked of the model. A schema-guided decoder (local models, llguidance) may only write evidence that is one
+of the agent's training sentences, and statements of 3-25 words ending in a full stop, so a small model can
+neither misquote nor run on until the token limit; backends that are not guided are checked after the fact.
+Near-duplicate statements of the same kind, or two items of one kind on the same quote, are merged across
+chunks. Every drop is counted in the profile's
+`counts`.
 """
 
 from __future__ import annotations
@@ -31,20 +35,23 @@ from .train import agent_slug
 Kind = Literal["belief", "memory", "personality"]
 KINDS: tuple[str, ...] = ("belief", "memory", "personality")
 CHUNK_WORDS = 300
+QUOTE_WORDS = 5  # the shortest evidence kept ("1918 and 2020." shows nothing about anyone)
 
 
 class ItemDraft(BaseModel):
     kind: Kind
     statement: str = Field(description="what they believe, remember or are like, in the third person")
-    evidence: str = Field(description="an exact quote from the text that shows it")
-    source: str = Field(description="the id in brackets of the line the quote comes from")
+    evidence: str = Field(description="their exact words that show it, quoted from the text")
 
 
 class ProfileDraft(BaseModel):
     model_config = ConfigDict(json_schema_extra={"examples": [{"items": [
         {"kind": "belief", "statement": "Believes the town should not borrow to cover running costs.",
-         "evidence": "I'm against spending money we don't have", "source": "u12"}]}]})
-    items: list[ItemDraft] = Field(max_length=6)
+         "evidence": "I'm against spending money we don't have"}]}]})
+    items: list[ItemDraft] = Field(max_length=4)
+
+
+STATEMENT = r"[A-Z][A-Za-z',-]{0,19}( [A-Za-z0-9',$%-]{1,20}){2,24}\."  # 3-25 words and a full stop
 
 
 class QuestionDraft(BaseModel):
@@ -93,44 +100,66 @@ def chunks(rows: list[Utterance], words: int = CHUNK_WORDS) -> list[list[Utteran
 
 
 def extraction_prompt(agent: str, chunk: list[Utterance]) -> list[Message]:
-    lines = "\n".join(f"[{u.id}] {u.text}" for u in chunk)
+    lines = "\n".join(u.text for u in chunk)
     return [Message(role="system", content="You read what a person said and note what it shows about them."),
-            Message(role="user", content=f"Here is what {agent} said:\n{lines}\n\nList up to six things this shows: "
-                    f"what {agent} believes (kind belief), remembers (kind memory) or is like (kind personality). "
-                    "For each, quote the exact words that show it and the id in brackets of their line.")]
+            Message(role="user", content=f"Here is what {agent} said:\n{lines}\n\nList up to four things this "
+                    f"shows: what {agent} believes (kind belief), remembers (kind memory) or is like (kind "
+                    "personality). For each, quote the exact sentence that shows it.")]
+
+
+def sentences(rows: list[Utterance]) -> list[str]:
+    """The sentences of `rows` of QUOTE_WORDS words or more, each once (what a guided decoder may quote)."""
+    out = [s.strip() for u in rows for s in re.split(r"(?<=[.!?])\s+", u.text)]
+    return list(dict.fromkeys(s for s in out if len(s.split()) >= QUOTE_WORDS))
+
+
+def guided_schema(rows: list[Utterance]) -> dict:
+    """ProfileDraft's JSON schema narrowed for a guided decoder: evidence one of `rows`' sentences, statements in
+    the STATEMENT form."""
+    js = ProfileDraft.model_json_schema()
+    props = js["$defs"]["ItemDraft"]["properties"]
+    props["evidence"]["enum"] = sentences(rows)
+    props["statement"]["pattern"] = f"^(?:{STATEMENT})$"
+    return js
 
 
 def _plain(text: str) -> str:
-    return re.sub(r"\s+", " ", text).strip().lower().strip("\"'")
+    return re.sub(r"\s+", " ", text).lower().strip(" \"'.,;:!?")  # spacing, case and the quote's ends aside
 
 
-def supported(item: ItemDraft, chunk: list[Utterance]) -> bool:
-    by_id = {u.id: u for u in chunk}
+def source_of(item: ItemDraft, rows: list[Utterance]) -> str | None:
+    """The id of the first of `rows` whose text holds the item's evidence (QUOTE_WORDS words or more), or None."""
     quote = _plain(item.evidence)
-    return item.source in by_id and len(quote.split()) >= 3 and quote in _plain(by_id[item.source].text)
+    if len(quote.split()) < QUOTE_WORDS:
+        return None
+    return next((u.id for u in rows if quote in _plain(u.text)), None)
 
 
 def build_profile(agent: str, rows: list[Utterance], backend, seed: int = 0, max_tokens: int = 400) -> Profile:
-    """The profile from `rows` (the agent's training utterances): one structured call per chunk, items checked
-    against their chunk, near-duplicates of the same kind merged."""
+    """The profile from `rows` (the agent's training utterances): one structured call per chunk, each item's
+    evidence found in `rows`, near-duplicates of the same kind merged."""
     parts = chunks(rows)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.7, seed=seed)
-    got = generate_structured_batch(backend, [extraction_prompt(agent, c) for c in parts], ProfileDraft, params)
+    got = generate_structured_batch(backend, [extraction_prompt(agent, c) for c in parts], ProfileDraft, params,
+                                    json_schema=guided_schema(rows) if getattr(backend, "supports_json_schema",
+                                                                               False) else None)
     counts = {"chunks": len(parts), "failed_chunks": 0, "proposed": 0, "unsupported": 0, "duplicate": 0}
     items: list[ProfileItem] = []
-    for chunk, draft in zip(parts, got, strict=True):
+    for draft in got:
         if isinstance(draft, StructuredFailure):
             counts["failed_chunks"] += 1
             continue
         for d in draft.items:
             counts["proposed"] += 1
-            if not supported(d, chunk):
+            source = source_of(d, rows)
+            if source is None:
                 counts["unsupported"] += 1
-            elif is_near_duplicate(d.statement, [i.statement for i in items if i.kind == d.kind]):
+            elif any(i.kind == d.kind and _plain(i.evidence) == _plain(d.evidence) for i in items) or \
+                    is_near_duplicate(d.statement, [i.statement for i in items if i.kind == d.kind]):
                 counts["duplicate"] += 1
             else:
                 items.append(ProfileItem(id=stable_id(agent, d.kind, d.statement), agent=agent, kind=d.kind,
-                                         statement=d.statement.strip(), evidence=d.evidence.strip(), source=d.source))
+                                         statement=d.statement.strip(), evidence=d.evidence.strip(), source=source))
     counts["kept"] = len(items)
     return Profile(agent=agent, items=items, counts=counts)
 

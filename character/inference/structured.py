@@ -86,8 +86,11 @@ def _error_text(e: Exception) -> str:
 
 def generate_structured_batch(backend: Backend, conversations: list[Conversation], schema: type[T],
                               params: SamplingParams | None = None, retries: int = 2,
-                              prefill: str | None = None) -> list[T | StructuredFailure]:
-    """One validated `schema` instance (or a StructuredFailure) per conversation, in order."""
+                              prefill: str | None = None,
+                              json_schema: dict | None = None) -> list[T | StructuredFailure]:
+    """One validated `schema` instance (or a StructuredFailure) per conversation, in order. `json_schema`, where
+    given, is what a schema-guided backend enforces instead of `schema`'s own (a narrower form of it, e.g. a
+    string field limited to an enum built from the data); answers are still validated against `schema`."""
     params = (params or SamplingParams(max_tokens=512, temperature=0.7)).model_copy(update={"n": 1})
     # a constrained decoder starts the JSON itself (a prefill would leave it mid-object)
     constrained = getattr(backend, "supports_json_schema", False)
@@ -102,7 +105,8 @@ def generate_structured_batch(backend: Backend, conversations: list[Conversation
     pending = list(range(len(convs)))
     last_raw: dict[int, str] = {}
     last_err: dict[int, str] = {}
-    json_schema = local_schema(schema) if constrained else schema.model_json_schema()
+    if json_schema is None:
+        json_schema = local_schema(schema) if constrained else schema.model_json_schema()
     for attempt in range(retries + 1):
         if not pending:
             break
