@@ -122,7 +122,8 @@ def tables(cfg: cohort.CohortConfig) -> tuple[list[Table], list[Path]]:
             qs = read_jsonl(q, ProbeQuestion)
             qrows.append([a, *(str(sum(x.status == s for x in qs)) for s in ("pending", "accepted", "edited", "deleted"))])
     if prows:
-        out.append(("Profiles", "Items kept only when their evidence is an exact quote of the text the extractor read.",
+        out.append(("Profiles", "Items kept only when their evidence is a quote of the agent's training words "
+                    "(five words or more).",
                     ["agent", "kept", "proposed", "without a matching quote", "duplicates", "failed chunks"], prows))
     if qrows:
         out.append(("Probing questions", "Reviewed by hand with `character agents review`.",
