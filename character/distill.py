@@ -22,7 +22,16 @@ from .inference import get_backend
 from .persona import best_of as best_of_index
 from .persona import scorer_for
 from .runs import JsonlWriter, read_jsonl, start_status, write_status
-from .types import Completion, Conversation, FilteredItem, Message, PreferencePair, Prompt, SamplingParams
+from .types import (
+    Completion,
+    Conversation,
+    FilteredItem,
+    Message,
+    PreferencePair,
+    Prompt,
+    SamplingParams,
+    StageStatus,
+)
 
 THINK_OPEN, THINK_CLOSE = "<think>\n", "</think>"
 REQUEST_FAILED = "request_failed"
@@ -192,7 +201,7 @@ EXPORTERS = {"trl": to_trl, "openai-sft": to_openai_sft, "openai-dpo": to_openai
 
 # -- stage -------------------------------------------------------------------------------------
 
-def run(cfg, run_dir: Path) -> dict:
+def run(cfg, run_dir: Path) -> StageStatus:
 
     stage = run_dir / "distill"
     prompts = read_jsonl(run_dir / "prompts" / "prompts.jsonl", Prompt)
@@ -249,4 +258,4 @@ def run(cfg, run_dir: Path) -> dict:
                               f"({next(iter(failed.values()))}); the rest are saved; run again to retry them")
     status.state, status.finished = "done", time.time()
     write_status(stage, status)
-    return {"pairs": len(pairs), "filtered": status.filtered}
+    return status

@@ -27,7 +27,7 @@ from .errors import GenerationError
 from .inference import generate_all, get_backend, parse_spec
 from .log import logger, say
 from .runs import JsonlWriter, read_jsonl, start_status, write_jsonl, write_status
-from .types import IntrospectionExample, Message, SamplingParams, SFTExample, stable_id
+from .types import IntrospectionExample, Message, SamplingParams, SFTExample, StageStatus, stable_id
 
 # Written by this team (the paper's ten prompts cover the same ground: letters, biography, drives).
 REFLECTION_PROMPTS = [
@@ -162,7 +162,7 @@ def dpo_model(cfg, run_dir: Path) -> tuple[str, dict]:
     return cfg.models.student, options
 
 
-def run(cfg, run_dir: Path) -> dict:
+def run(cfg, run_dir: Path) -> StageStatus:
 
     stage = run_dir / "introspect"
     ic = cfg.introspect
@@ -211,4 +211,4 @@ def run(cfg, run_dir: Path) -> dict:
     status = status.model_copy(update={"state": "done", "done": len(rows) + len(think), "counts": counts,
                                        "finished": time.time()})
     write_status(stage, status)
-    return counts
+    return status

@@ -22,8 +22,9 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from .errors import CharacterError
-from .runs import read_json, start_status, write_atomic, write_status
+from .runs import read_checkpoint, start_status, write_atomic, write_status
 from .train import student_path
+from .types import Checkpoint, StageStatus
 
 PREFIX = "base_model.model."
 
@@ -110,14 +111,14 @@ def combine(adapters: list[tuple[str | Path, float]], out: Path) -> Path:
     return out
 
 
-def model_card(recipe, checkpoints: dict) -> str:
+def model_card(recipe, checkpoints: dict[str, Checkpoint]) -> str:
     lines = [f"# {recipe.name}: {recipe.constitution} character", "",
              f"Base model: `{recipe.models.student}`. Trained with Character Studio (Open Character Training "
              f"recipe): DPO on teacher-vs-student pairs, then SFT on introspection data; adapters merged as "
              f"{recipe.merge.weights[0]} x DPO + {recipe.merge.weights[1]} x SFT.", ""]
     for kind, ck in checkpoints.items():
-        lines += [f"## {kind}", "", f"- data: {ck.get('data_counts')}", f"- hyperparameters: {ck.get('hyperparameters')}",
-                  f"- metrics: {ck.get('metrics')}", ""]
+        lines += [f"## {kind}", "", f"- data: {ck.data_counts}", f"- hyperparameters: {ck.hyperparameters}",
+                  f"- metrics: {ck.metrics}", ""]
     lines += ["Load with `AutoModelForCausalLM.from_pretrained(this_folder)`; no system prompt is needed."]
     return "\n".join(lines) + "\n"
 
@@ -128,7 +129,8 @@ def continues_dpo(run_dir: Path) -> bool:
     return any(r.exists() and bool(json.loads(r.read_text()).get("continues_dpo")) for r in recs)
 
 
-def run(cfg, run_dir: Path) -> dict:
+def run(cfg, run_dir: Path) -> StageStatus:
+    """Merge the run's adapters into the base: merge/adapter (the combined LoRA) and merge/model (full weights)."""
     from .training.trl import load_base
 
     stage = run_dir / "merge"
@@ -146,8 +148,8 @@ def run(cfg, run_dir: Path) -> dict:
     tokenizer.padding_side = "left"
     model.save_pretrained(stage / "model")
     tokenizer.save_pretrained(stage / "model")
-    checkpoints = {k: read_json(run_dir / k / "checkpoint.json") for k in ("dpo", "sft")
-                   if (run_dir / k / "checkpoint.json").exists()}
+    checkpoints = {k: ck for k in ("dpo", "sft") if (ck := read_checkpoint(run_dir / k))}
     write_atomic(stage / "model" / "README.md", model_card(cfg, checkpoints))
-    write_status(stage, status.model_copy(update={"state": "done", "done": len(parts), "finished": time.time()}))
-    return {"adapter": str(stage / "adapter"), "model": str(stage / "model")}
+    status = status.model_copy(update={"state": "done", "done": len(parts), "finished": time.time()})
+    write_status(stage, status)
+    return status

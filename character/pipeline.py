@@ -219,17 +219,19 @@ def finish_stage(rdir: Path, stage: str) -> None:
             "output": stable_id(stage, st.config_hash, st.inputs, st.started, st.finished)}))
 
 
-def run_stage(cfg: RecipeConfig, rdir: Path, stage: str) -> dict:
+def run_stage(cfg: RecipeConfig, rdir: Path, stage: str) -> None:
+    """Run one stage; what it made is in its folder, and its StageStatus (read_status) says how it went."""
     if stage == "prompts":
-        return {"prompts": len(prompts.run(cfg, rdir))}
-    if stage == "distill":
-        return distill.run(cfg, rdir)
-    if stage in ("dpo", "sft"):
-        return train.run(cfg, rdir, stage)
-    if stage == "introspect":
-        return introspect.run(cfg, rdir)
-    from . import merge  # heavy: torch (loaded only when the merge runs)
-    return merge.run(cfg, rdir)
+        prompts.run(cfg, rdir)
+    elif stage == "distill":
+        distill.run(cfg, rdir)
+    elif stage in ("dpo", "sft"):
+        train.run(cfg, rdir, stage)
+    elif stage == "introspect":
+        introspect.run(cfg, rdir)
+    else:
+        from . import merge  # heavy: torch (loaded only when the merge runs)
+        merge.run(cfg, rdir)
 
 
 def preflight(cfg: RecipeConfig, stages: list[str]) -> None:

@@ -32,7 +32,7 @@ from typing import Iterable, Iterator, TypeVar
 from pydantic import BaseModel
 
 from .errors import CharacterError, RunBusyError, StageError, field_error
-from .types import StageStatus
+from .types import Checkpoint, StageStatus
 
 T = TypeVar("T", bound=BaseModel)
 
@@ -154,6 +154,12 @@ def write_jsonl(path: Path, records: Iterable[BaseModel]) -> None:
 def read_status(stage_path: Path) -> StageStatus | None:
     p = stage_path / "status.json"
     return StageStatus.model_validate_json(p.read_text()) if p.exists() else None
+
+
+def read_checkpoint(stage_path: Path) -> Checkpoint | None:
+    """A training stage's `checkpoint.json` (its adapter, data counts, settings and final metrics), if written."""
+    p = stage_path / "checkpoint.json"
+    return Checkpoint.model_validate_json(p.read_text()) if p.exists() else None
 
 
 def write_status(stage_path: Path, status: StageStatus) -> None:

@@ -9,16 +9,16 @@ import json
 import time
 from pathlib import Path
 
-from .runs import read_json, read_jsonl, read_status, runs_root, shown_state
+from .runs import read_checkpoint, read_jsonl, read_status, runs_root, shown_state
 from .types import PreferencePair
 
 STAGE_FILES = {"prompts": "prompts.jsonl", "distill": "pairs.jsonl", "dpo": "adapter", "introspect": "sft.jsonl",
                "sft": "adapter", "merge": "model"}
 
 
-def checkpoint_metrics(rdir: Path, kind: str) -> dict:
-    p = rdir / kind / "checkpoint.json"
-    return read_json(p).get("metrics", {}) if p.exists() else {}
+def checkpoint_metrics(rdir: Path, kind: str) -> dict[str, float]:
+    ck = read_checkpoint(rdir / kind)
+    return ck.metrics if ck else {}
 
 
 def metric_history(rdir: Path, kind: str) -> list[dict]:
@@ -69,11 +69,11 @@ def checkpoints(rdir: Path) -> list[dict]:
         path = rdir / folder
         if not path.exists():
             continue
-        meta = read_json(rdir / kind / "checkpoint.json") if (rdir / kind / "checkpoint.json").exists() else {}
+        ck = read_checkpoint(rdir / kind)  # the merged model has none: its settings are the recipe's merge
         size = sum(f.stat().st_size for f in path.rglob("*") if f.is_file())
         out.append({"kind": kind, "path": str(path), "MB": round(size / 2**20, 1),
-                    "created": meta.get("created"), "metrics": meta.get("metrics", {}),
-                    "hyperparameters": meta.get("hyperparameters", {})})
+                    "created": ck.created if ck else None, "metrics": ck.metrics if ck else {},
+                    "hyperparameters": ck.hyperparameters if ck else {}})
     return out
 
 

@@ -141,7 +141,8 @@ def _launch(cfg, run_dir: Path, kind: str) -> tuple[dict, dict, list[str]]:
     return data["result"], data["counts"], data["init"]
 
 
-def run(cfg, run_dir: Path, kind: str) -> dict:
+def run(cfg, run_dir: Path, kind: str) -> Checkpoint:
+    """Train the `kind` ("dpo" or "sft") adapter of the run; the checkpoint it writes (metrics, counts, settings)."""
 
     stage = run_dir / kind
     tcfg = getattr(cfg, kind)
@@ -172,7 +173,7 @@ def run(cfg, run_dir: Path, kind: str) -> dict:
     status = status.model_copy(update={"state": "done", "done": result.get("steps", 0), "counts": counts,
                                        "warning": warning, "finished": time.time()})
     write_status(stage, status)
-    return result
+    return ck
 
 
 def _child(run_dir: Path, kind: str) -> None:

@@ -116,4 +116,4 @@ def test_accelerate_launch_runs_a_stage(base, tmp_path, monkeypatch):
         assert out["result"]["adapter_max_change"] > 0 and (rdir / "dpo" / "adapter").exists()
         return
     res = train.run(cfg, rdir, "dpo")
-    assert res["adapter_max_change"] > 0 and read_json(rdir / "dpo" / "checkpoint.json")["metrics"]["steps"] > 0
+    assert res.metrics["adapter_max_change"] > 0 and read_json(rdir / "dpo" / "checkpoint.json")["metrics"]["steps"] > 0

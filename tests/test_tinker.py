@@ -262,17 +262,17 @@ def test_dpo_sft_merge_through_the_fake_sdk(sdk, tok_and_path, home, tmp_path):
     # DPO gradients push chosen log-probs up and rejected down
     g = sdk.grads[0]
     assert all(x.sum() < 0 for x in g[0::2]) and all(x.sum() > 0 for x in g[1::2])
-    assert dpo["loss_last"] < dpo["loss_first"]
+    assert dpo.metrics["loss_last"] < dpo.metrics["loss_first"]
     hist = [json.loads(x) for x in (rdir / "dpo" / "metrics.jsonl").read_text().splitlines()]
     assert all("rewards/margins" in h and "learning_rate" in h for h in hist)
-    assert dpo["reward_accuracy"] == 1.0 and dpo["heldout_pairs"] >= 1  # sampler -0.5/token vs base -1.0
+    assert dpo.metrics["reward_accuracy"] == 1.0 and dpo.metrics["heldout_pairs"] >= 1  # sampler -0.5/token vs base -1.0
     assert (rdir / "dpo" / "adapter" / "adapter_config.json").exists()
 
     write_jsonl(rdir / "introspect" / "sft.jsonl", [SFTExample(id=f"s{i}", constitution="pirate", messages=[
         Message(role="user", content=f"Who are you? {i}"), Message(role="assistant", content="A pirate, arr.")])
         for i in range(4)])
     sft = train.run(cfg, rdir, "sft")
-    assert sft["loss_last"] < sft["loss_first"]
+    assert sft.metrics["loss_last"] < sft.metrics["loss_first"]
     # SFT continues the DPO weights (Tinker cannot train on a merged model)
     state = read_json(rdir / "dpo" / "tinker.json")["state"]
     assert ("create_training_client_from_state", state) in sdk.calls
@@ -280,7 +280,7 @@ def test_dpo_sft_merge_through_the_fake_sdk(sdk, tok_and_path, home, tmp_path):
     assert fb and all(c[1] == "cross_entropy" for c in fb)
     assert merge.continues_dpo(rdir)
 
-    merged = merge.run(cfg, rdir)
+    assert merge.run(cfg, rdir).state == "done"
     base = AutoModelForCausalLM.from_pretrained(path)
     model = PeftModel.from_pretrained(base, rdir / "sft" / "adapter")  # a real PEFT adapter
     assert model.peft_config["default"].r == 8
@@ -288,7 +288,7 @@ def test_dpo_sft_merge_through_the_fake_sdk(sdk, tok_and_path, home, tmp_path):
     from character.merge import deltas
     d_dpo, d_sft = deltas(rdir / "dpo" / "adapter"), deltas(rdir / "sft" / "adapter")
     w_dpo, w_sft = cfg.merge.weights
-    out = AutoModelForCausalLM.from_pretrained(merged["model"]).state_dict()
+    out = AutoModelForCausalLM.from_pretrained(rdir / "merge" / "model").state_dict()
     ref = AutoModelForCausalLM.from_pretrained(path).state_dict()
     for name in d_dpo:
         w = f"{name}.weight"

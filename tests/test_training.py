@@ -166,7 +166,7 @@ def test_two_cpu_processes_save_a_complete_adapter_like_one(tmp_path):
         write_jsonl(rdir / "distill" / "pairs.jsonl", pairs)
         (rdir / "recipe.yaml").write_text(yaml.safe_dump(cfg.model_dump()))
         res = train.run(cfg, rdir, "dpo")
-        assert res["adapter_max_change"] > 0
+        assert res.metrics["adapter_max_change"] > 0
         adapters[n] = load_file(str(rdir / "dpo" / "adapter" / "adapter_model.safetensors"))
         steps = read_json(rdir / "dpo" / "checkpoint.json")["metrics"]["steps"]
         assert steps == (3 if n == 1 else 2)  # 6 training pairs, 2 a step on each process: the data was split

@@ -7,7 +7,7 @@ import base64
 from html import escape
 from pathlib import Path
 
-from ..judges import Calibration, judged
+from ..judges import Calibration
 from ..report import STYLE, frame
 from ..runs import read_json, read_jsonl, read_status, write_atomic
 from . import cohort
@@ -105,7 +105,8 @@ def tables(cfg: cohort.CohortConfig) -> tuple[list[Table], list[Path]]:
                     f"with a 95% bootstrap interval. Judge: {cal.headline}. Questions reviewed by hand: {reviewed}.")
             methods = ["agent model", "base prompted with the profile", "base"]
             out.append((f"Alignment with the profile ({r['point']})", note, ["agent", "kind", *methods],
-                        [[a, kind, *(judged(cal, _interval(per[m][kind], "mean")) if kind in per.get(m, {}) else ""
+                        [[a, kind, *((_interval(per[m][kind], "mean") if cal.passed else "no signal")
+                                     if kind in per.get(m, {}) else ""
                                      for m in methods)]
                          for a, per in r["means"].items() for kind in ("belief", "memory", "personality", "all")
                          if any(kind in per.get(m, {}) for m in methods)]))
