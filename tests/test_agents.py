@@ -456,5 +456,13 @@ def test_a_profile_keeps_only_items_quoted_from_the_agents_words_and_merges_dupl
                                         "I remember the flood of 1987, when the river took the mill."]
     assert re.fullmatch(item["statement"]["pattern"], "Ann thinks the bridge pays for itself.")
     assert not re.fullmatch(item["statement"]["pattern"], "Ann " + "and " * 30 + "so on.")
+    # a sentence counted as the check counts it ("!" is no word); nothing to quote: a guided backend is not asked
+    short = [Utterance(id="v1", agent="Bo", text="We did it all ! Fine by me. Yes.", source="s1")]
+    assert P.sentences(short) == []
+    guided = Scripted([])  # it would fail if called
+    guided.supports_json_schema = True
+    assert P.build_profile("Bo", short, guided).counts == {"chunks": 1, "failed_chunks": 1, "proposed": 0,
+                                                          "unsupported": 0, "duplicate": 0, "kept": 0}
+    assert guided.calls == []
     many = [Utterance(id=f"u{i}", agent="Ann", text="word " * 120, source="s") for i in range(5)]
     assert [len(c) for c in P.chunks(many)] == [2, 2, 1]  # about 300 words a chunk

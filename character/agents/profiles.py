@@ -8,11 +8,11 @@ Extraction reads the agent's training utterances in chunks of about `CHUNK_WORDS
 schema (structured output). Each item's evidence must be an exact quote of the agent's training words (whitespace
 and case aside) of at least `QUOTE_WORDS` words; its source is the utterance the quote comes from, found by us rather
 than asked of the model. A schema-guided decoder (local models, llguidance) may only write evidence that is one
-of the agent's training sentences, and statements of 3-25 words ending in a full stop, so a small model can
-neither misquote nor run on until the token limit; backends that are not guided are checked after the fact.
-Near-duplicate statements of the same kind, or two items of one kind on the same quote, are merged across
-chunks. Every drop is counted in the profile's
-`counts`.
+of the agent's training sentences of `QUOTE_WORDS` to `QUOTE_MAX_WORDS` words, and statements of 3-25 words ending
+in a full stop: a small model cannot misquote, and rarely runs on to the token limit (a chunk that does is
+counted as failed). Backends that are not guided are checked after the fact. Near-duplicate statements of the
+same kind, or two items of one kind on the same quote, are merged across chunks. Every drop is counted in the
+profile's `counts`.
 """
 
 from __future__ import annotations
@@ -36,6 +36,7 @@ Kind = Literal["belief", "memory", "personality"]
 KINDS: tuple[str, ...] = ("belief", "memory", "personality")
 CHUNK_WORDS = 300
 QUOTE_WORDS = 5  # the shortest evidence kept ("1918 and 2020." shows nothing about anyone)
+QUOTE_MAX_WORDS = 40  # the longest sentence a guided decoder may quote (four items must fit in the token limit)
 
 
 class ItemDraft(BaseModel):
@@ -108,9 +109,10 @@ def extraction_prompt(agent: str, chunk: list[Utterance]) -> list[Message]:
 
 
 def sentences(rows: list[Utterance]) -> list[str]:
-    """The sentences of `rows` of QUOTE_WORDS words or more, each once (what a guided decoder may quote)."""
+    """The sentences of `rows` of QUOTE_WORDS to QUOTE_MAX_WORDS words (as `source_of` counts them), each once: what
+    a guided decoder may quote."""
     out = [s.strip() for u in rows for s in re.split(r"(?<=[.!?])\s+", u.text)]
-    return list(dict.fromkeys(s for s in out if len(s.split()) >= QUOTE_WORDS))
+    return list(dict.fromkeys(s for s in out if QUOTE_WORDS <= len(_plain(s).split()) <= QUOTE_MAX_WORDS))
 
 
 def guided_schema(rows: list[Utterance]) -> dict:
@@ -137,12 +139,17 @@ def source_of(item: ItemDraft, rows: list[Utterance]) -> str | None:
 
 def build_profile(agent: str, rows: list[Utterance], backend, seed: int = 0, max_tokens: int = 400) -> Profile:
     """The profile from `rows` (the agent's training utterances): one structured call per chunk, each item's
-    evidence found in `rows`, near-duplicates of the same kind merged."""
+    evidence found in `rows`, near-duplicates of the same kind merged. A guided backend with no sentence it could
+    quote is not asked (its schema could not be met): the profile is empty, with the chunks counted as failed."""
     parts = chunks(rows)
+    guided = getattr(backend, "supports_json_schema", False)
+    if guided and not sentences(rows):
+        counts = {"chunks": len(parts), "failed_chunks": len(parts), "proposed": 0, "unsupported": 0, "duplicate": 0,
+                  "kept": 0}
+        return Profile(agent=agent, items=[], counts=counts)
     params = SamplingParams(max_tokens=max_tokens, temperature=0.7, seed=seed)
     got = generate_structured_batch(backend, [extraction_prompt(agent, c) for c in parts], ProfileDraft, params,
-                                    json_schema=guided_schema(rows) if getattr(backend, "supports_json_schema",
-                                                                               False) else None)
+                                    json_schema=guided_schema(rows) if guided else None)
     counts = {"chunks": len(parts), "failed_chunks": 0, "proposed": 0, "unsupported": 0, "duplicate": 0}
     items: list[ProfileItem] = []
     for draft in got:

@@ -69,9 +69,11 @@ def tables(cfg: cohort.CohortConfig) -> tuple[list[Table], list[Path]]:
                 asked = (f" Questions: {w['from_table']} from the table, {len(w['questions'])} written by {w['model']}, "
                          f"{w['failed']} left as the motion's title and context.")
             out.append((f"Votes ({r['point']})", f"Accuracy on {r['motions']} motions against the recorded votes, 95% "
-                        "Wilson intervals; a vote is P(yes) > P(no). The majority baseline predicts every motion by "
-                        "the agent's majority vote (yes on a tie): the score of always guessing their usual vote."
-                        + asked,
+                        "Wilson intervals; a vote is P(yes) > P(no). " + (
+                            "The majority baseline predicts each motion by the agent's majority vote on the others."
+                            if "majority (leave-one-out)" in methods else  # votes.json of an earlier version
+                            "The majority baseline predicts every motion by the agent's majority vote (yes on a tie): "
+                            "the score of always guessing their usual vote.") + asked,
                         ["agent", *methods],
                         [[a, *(_interval(per[m], "accuracy") if m in per else "" for m in methods)]
                          for a, per in r["per_agent"].items()]))
