@@ -5,6 +5,7 @@ processes recorded in SQLite."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -296,9 +297,15 @@ def test_estimate_shows_before_launch_and_actual_times_after(fx, home):
     assert table.loc["sft", "state"] == "-" and table.loc["sft", "estimate_s"] > 0
 
 
-def test_stage_buttons_launch_the_single_stage_command_and_wait_for_the_run(fx, home):
+def test_stage_buttons_launch_the_single_stage_command_and_wait_for_the_run(fx, home, tmp_path, monkeypatch):
     from character import jobs
     from character.runs import run_lock
+    # the job's processes start slowly (a sitecustomize that sleeps), so the job is still working when the page
+    # is checked: this run's DPO would fail in under a second, and under load that came before the check
+    slow = tmp_path / "slow-start"
+    slow.mkdir()
+    (slow / "sitecustomize.py").write_text("import time\ntime.sleep(60)\n")
+    monkeypatch.setenv("PYTHONPATH", os.pathsep.join(filter(None, [str(slow), os.environ.get("PYTHONPATH")])))
     at = page("training")
     at.selectbox(key="tr_watch").select("fx").run()
     dpo, merge, ev = (at.button(key=f"stage_{x}") for x in ("DPO only", "Merge", "Evaluation"))
@@ -315,10 +322,12 @@ def test_stage_buttons_launch_the_single_stage_command_and_wait_for_the_run(fx, 
     try:
         assert job.stage == "dpo" and job.command == ["run", "--stages", "dpo", "--", str(fx / "recipe.yaml")]
         at.run()
+        assert jobs.get(job.id).active
         assert at.button(key="stage_Introspection + SFT").disabled  # the job now holds the run
         assert f"job {job.id}" in at.button(key="stage_Introspection + SFT").help
     finally:
         jobs.cancel(job.id)
+    assert jobs.get(job.id).status == "cancelled"
 
 
 def test_every_stage_button_and_the_data_only_launch_run_what_the_cli_reads(fx, home):

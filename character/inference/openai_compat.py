@@ -22,6 +22,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Iterator
 
 import httpx
+from tqdm import tqdm
 
 from ..errors import GenerationError, MissingDependencyError, MissingKeyError, ModelSpecError
 from ..settings import env
@@ -207,7 +208,6 @@ class OpenAIBackend:
             futures = [pool.submit(self._one, conversations[i], params, seed(k), json_schema) for i, k in jobs]
             iterator = futures
             if progress:
-                from tqdm import tqdm
                 iterator = tqdm(futures, desc=f"generate {self.name}", unit="req")
             flat = [f.result() for f in iterator]
         return [flat[i * params.n:(i + 1) * params.n] for i in range(len(conversations))]

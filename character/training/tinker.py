@@ -27,6 +27,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import random
 import urllib.request
 from pathlib import Path, PurePosixPath
 from typing import Callable
@@ -154,7 +155,6 @@ def _client(base: str, cfg, init_state: str | None):
 
 
 def _batches(items: list, size: int, epochs: float, seed: int) -> list[list]:
-    import random
     rng = random.Random(seed)
     order: list = []
     for _ in range(max(1, math.ceil(epochs))):
