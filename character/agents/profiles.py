@@ -143,13 +143,13 @@ def build_profile(agent: str, rows: list[Utterance], backend, seed: int = 0, max
     quote is not asked (its schema could not be met): the profile is empty, with the chunks counted as failed."""
     parts = chunks(rows)
     guided = getattr(backend, "supports_json_schema", False)
+    got: list[ProfileDraft | StructuredFailure]
     if guided and not sentences(rows):
-        counts = {"chunks": len(parts), "failed_chunks": len(parts), "proposed": 0, "unsupported": 0, "duplicate": 0,
-                  "kept": 0}
-        return Profile(agent=agent, items=[], counts=counts)
-    params = SamplingParams(max_tokens=max_tokens, temperature=0.7, seed=seed)
-    got = generate_structured_batch(backend, [extraction_prompt(agent, c) for c in parts], ProfileDraft, params,
-                                    json_schema=guided_schema(rows) if guided else None)
+        got = [StructuredFailure(error="no sentence to quote", raw="", attempts=0)] * len(parts)
+    else:
+        params = SamplingParams(max_tokens=max_tokens, temperature=0.7, seed=seed)
+        got = generate_structured_batch(backend, [extraction_prompt(agent, c) for c in parts], ProfileDraft, params,
+                                        json_schema=guided_schema(rows) if guided else None)
     counts = {"chunks": len(parts), "failed_chunks": 0, "proposed": 0, "unsupported": 0, "duplicate": 0}
     items: list[ProfileItem] = []
     for draft in got:
