@@ -22,7 +22,7 @@ from pydantic import BaseModel
 from . import log
 from .errors import CharacterError
 from .inference import get_backend
-from .runs import character_home, read_json, write_json
+from .runs import character_home, read_record, write_record
 from .types import Message, SamplingParams
 
 # seconds of wall time per second of micro-benchmarked work, fitted on the demo recipe (see the docstring)
@@ -57,11 +57,8 @@ def rates_path(model: str, backend: str) -> Path:
 def cached_rates(model: str, backend: str) -> Rates | None:
     """The cached rates for this model and backend on this machine, or None (never measured, or measured on
     another machine)."""
-    p = rates_path(model, backend)
-    if not p.exists():
-        return None
-    r = Rates.model_validate(read_json(p))
-    return r if r.machine == machine() else None
+    r = read_record(rates_path(model, backend), Rates)
+    return r if r is not None and r.machine == machine() else None
 
 
 def measure(model: str, backend: str = "trl", progress: bool = True) -> Rates:
@@ -115,7 +112,7 @@ def measure(model: str, backend: str = "trl", progress: bool = True) -> Rates:
     train_tps = 2 * rows.numel() / (time.time() - t)
     r = Rates(model=model, backend=backend, machine=machine(), measured=time.time(), generate_tps=generate_tps,
               score_tps=score_tps, train_tps=train_tps, load_s=load_s)
-    write_json(rates_path(model, backend), r.model_dump())
+    write_record(rates_path(model, backend), r)
     say(f"generation {generate_tps:.0f} tok/s, scoring {score_tps:.0f} tok/s, training {train_tps:.0f} tok/s "
         f"-> {rates_path(model, backend)}")
     return r

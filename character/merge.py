@@ -24,6 +24,7 @@ from safetensors.torch import load_file, save_file
 from .errors import CharacterError
 from .runs import read_checkpoint, start_status, write_atomic, write_status
 from .train import student_path
+from .training.trl import load_base
 from .types import Checkpoint, StageStatus
 
 PREFIX = "base_model.model."
@@ -131,8 +132,6 @@ def continues_dpo(run_dir: Path) -> bool:
 
 def run(cfg, run_dir: Path) -> StageStatus:
     """Merge the run's adapters into the base: merge/adapter (the combined LoRA) and merge/model (full weights)."""
-    from .training.trl import load_base
-
     stage = run_dir / "merge"
     status = start_status(stage, "merge", 2)
     w_dpo, w_sft = cfg.merge.weights

@@ -151,19 +151,39 @@ def write_jsonl(path: Path, records: Iterable[BaseModel]) -> None:
     write_atomic(path, "".join(r.model_dump_json() + "\n" for r in records))
 
 
+def write_record(path: Path, record: BaseModel) -> None:
+    """One typed record as a JSON file (status.json, checkpoint.json, profiles, splits...), written atomically."""
+    write_atomic(path, record.model_dump_json(indent=2) + "\n")
+
+
+def read_record(path: Path, record_type: type[T]) -> T | None:
+    """The record a `write_record` left at `path`, or None if none was written; a damaged file names itself."""
+    if not path.exists():
+        return None
+    text = path.read_text(encoding="utf-8")
+    try:
+        return record_type.model_validate_json(text)
+    except ValueError as e:
+        first = str(e).splitlines()[0] if str(e) else type(e).__name__
+        raise field_error(str(path), text.strip()[:60], f"not a valid {record_type.__name__} record ({first}); "
+                          "delete it to have the stage write it again") from None
+
+
 def read_status(stage_path: Path) -> StageStatus | None:
-    p = stage_path / "status.json"
-    return StageStatus.model_validate_json(p.read_text()) if p.exists() else None
+    return read_record(stage_path / "status.json", StageStatus)
 
 
 def read_checkpoint(stage_path: Path) -> Checkpoint | None:
     """A training stage's `checkpoint.json` (its adapter, data counts, settings and final metrics), if written."""
-    p = stage_path / "checkpoint.json"
-    return Checkpoint.model_validate_json(p.read_text()) if p.exists() else None
+    return read_record(stage_path / "checkpoint.json", Checkpoint)
+
+
+def write_checkpoint(stage_path: Path, checkpoint: Checkpoint) -> None:
+    write_record(stage_path / "checkpoint.json", checkpoint)
 
 
 def write_status(stage_path: Path, status: StageStatus) -> None:
-    write_atomic(stage_path / "status.json", status.model_dump_json(indent=2) + "\n")
+    write_record(stage_path / "status.json", status)
 
 
 def start_status(stage_path: Path, stage: str, total: int | None, config_hash: str | None = None) -> StageStatus:

@@ -12,10 +12,7 @@ import os
 import re
 from pathlib import Path
 
-try:
-    from dotenv import load_dotenv
-except ImportError:  # python-dotenv is a base dependency; tolerate a bare checkout
-    load_dotenv = None
+from dotenv import load_dotenv
 
 from .errors import MissingDependencyError
 
@@ -41,8 +38,7 @@ def load_env() -> None:
     if _loaded:
         return
     _loaded = True
-    if load_dotenv is not None:
-        load_dotenv(Path.cwd() / ".env", override=False)
+    load_dotenv(Path.cwd() / ".env", override=False)
 
 
 def env(name: str) -> str:

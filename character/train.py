@@ -23,7 +23,7 @@ from .inference import parse_spec
 from .inference.embedded import embedded_model_path
 from .introspect import thinking_as_sft
 from .recipe import recipe_of_run
-from .runs import read_jsonl, start_status, write_json, write_status
+from .runs import read_jsonl, start_status, write_checkpoint, write_json, write_status
 from .summary import plot_training
 from .training import get_trainer
 from .training.together import remote_model
@@ -168,7 +168,7 @@ def run(cfg, run_dir: Path, kind: str) -> Checkpoint:
     ck = Checkpoint(kind=kind, path=str(stage / "adapter"), base_model=cfg.models.student, constitution=cfg.constitution,
                     data_counts=counts, hyperparameters={**tcfg.model_dump(), "trained_on": init or ["base"]},
                     metrics={k: float(v) for k, v in result.items() if isinstance(v, (int, float))})
-    write_json(stage / "checkpoint.json", ck.model_dump())
+    write_checkpoint(stage, ck)
     plot_training(run_dir, kind)
     status = status.model_copy(update={"state": "done", "done": result.get("steps", 0), "counts": counts,
                                        "warning": warning, "finished": time.time()})

@@ -4,14 +4,45 @@ Streamlit script. Pages do not touch files."""
 
 from __future__ import annotations
 
-import streamlit as st
+import json
+import tempfile
+from pathlib import Path
 
+import streamlit as st
+import yaml
+from pydantic import ValidationError
+
+from character import behaviors as B
 from character import constitution as C
 from character import jobs, report, summary
+from character.agents import cohort, profiles
+from character.agents import report as agents_report
+from character.behaviors import BehaviorConfig, list_behaviors
 from character.errors import CharacterError
-from character.recipe import recipe_of_run, save_recipe
-from character.runs import character_home, lock_holder, read_jsonl, run_dir, zip_folder
+from character.estimate import cached_rates, estimate, with_actuals
+from character.inference import get_backend
+from character.recipe import (
+    RecipeConfig,
+    load_recipe,
+    public_recipe,
+    pydantic_problems,
+    recipe_errors,
+    recipe_of_run,
+    save_recipe,
+)
+from character.runs import (
+    character_home,
+    check_slug,
+    lock_holder,
+    read_json,
+    read_jsonl,
+    read_status,
+    run_dir,
+    write_atomic,
+    zip_folder,
+)
 from character.settings import key_status, load_env
+from character.types import PreferencePair, SFTExample
 
 load_env()
 
@@ -36,9 +67,7 @@ def load_constitution(name: str) -> C.Constitution:
 
 
 def parse_text(text: str, fmt: str):
-    import json
 
-    import yaml
     try:
         return json.loads(text) if fmt == "json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:
@@ -84,10 +113,7 @@ def system_prompt(c: C.Constitution) -> str:
 def import_trait_list(text: str, name: str) -> C.Constitution:
     """Pasted trait list -> constitution. The name is checked before anything is written, and the
     temporary file has a fixed name (the user's text never becomes a path)."""
-    import tempfile
-    from pathlib import Path
 
-    from character.runs import check_slug
     if name:
         check_slug(name, "name")
     with tempfile.TemporaryDirectory() as d:
@@ -141,9 +167,7 @@ def preview_path(constitution: str) -> str:
 
 
 def preview_rows(constitution: str) -> list[dict]:
-    from pathlib import Path
 
-    from character.types import PreferencePair
     p = Path(preview_path(constitution))
     return [{"prompt": x.prompt, "chosen (teacher, in character)": x.chosen, "teacher persona score": x.persona_chosen,
              "rejected (student, plain)": x.rejected, "student persona score": x.persona_rejected, "source": x.source}
@@ -159,7 +183,6 @@ def runs_table() -> list[dict]:
 
 
 def pairs_rows(run: str) -> list[dict]:
-    from character.types import PreferencePair
     p = run_dir(run) / "distill" / "pairs.jsonl"
     return [{"prompt": x.prompt, "chosen": x.chosen, "chosen persona score": x.persona_chosen, "rejected": x.rejected,
              "rejected persona score": x.persona_rejected, "source": x.source, "trait": x.trait or ""}
@@ -167,7 +190,6 @@ def pairs_rows(run: str) -> list[dict]:
 
 
 def sft_rows(run: str) -> list[dict]:
-    from character.types import SFTExample
     p = run_dir(run) / "introspect" / "sft.jsonl"
     return [{"kind": x.kind, "turns": len(x.messages),
              "first user turn": next((m.content for m in x.messages if m.role == "user"), ""),
@@ -183,7 +205,6 @@ def save_recipe_data(data: dict) -> str:
 def recipe_choices() -> dict[str, str]:
     """Shipped recipes (configs/*.yaml) and the user's saved ones (CHARACTER_HOME/recipes): label -> path.
     The demo recipe comes first: it is the one sized for this kind of machine."""
-    from pathlib import Path
     shipped = sorted((p for p in (Path(__file__).resolve().parent.parent / "configs").glob("*.yaml")
                       if not p.read_text().startswith("# character agents")),  # a cohort recipe, not a run's
                      key=lambda p: (p.name != "pirate-cpu.yaml", p.name))
@@ -195,26 +216,22 @@ def recipe_choices() -> dict[str, str]:
 def recipe_data(path: str) -> dict:
     """A recipe file as a full mapping: every section with its defaults filled in, so the form and the YAML
     editor show every setting that will be sent (nothing behind them)."""
-    from character.recipe import RecipeConfig, load_recipe, public_recipe
     return public_recipe(RecipeConfig.model_validate(load_recipe(path).model_dump()))
 
 
 def recipe_problems(data: object) -> list[str]:
     """Every problem in a recipe mapping, one line each (empty when valid)."""
-    from character.recipe import recipe_errors
     if not isinstance(data, dict):
         return ["expected a mapping of sections such as name, constitution, models, prompts"]
     return recipe_errors(data)
 
 
 def recipe_yaml(data: dict) -> str:
-    import yaml
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
 def parse_recipe_yaml(text: str) -> tuple[dict | None, list[str]]:
     """(mapping, problems) from the advanced editor's text."""
-    import yaml
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
@@ -226,8 +243,6 @@ def parse_recipe_yaml(text: str) -> tuple[dict | None, list[str]]:
 def estimate_rows(data: dict) -> list[dict] | None:
     """Per-stage time estimate for a valid recipe mapping from this machine's cached rates; None when the
     student's rates were never measured here (the page offers to measure them)."""
-    from character.estimate import cached_rates, estimate
-    from character.recipe import RecipeConfig
     cfg = RecipeConfig.model_validate(data)
     if cfg.dpo.backend == "trl" and cached_rates(cfg.models.student, "trl") is None:
         return None
@@ -236,7 +251,6 @@ def estimate_rows(data: dict) -> list[dict] | None:
 
 def run_estimate_rows(run: str) -> list[dict]:
     """The run's stages: estimate (from its recipe and the cached rates) beside the actual seconds."""
-    from character.estimate import with_actuals
     rows = stage_rows(run)
     try:
         estimates = estimate_rows(recipe_of(run).model_dump()) or []
@@ -319,7 +333,6 @@ def checkpoints(run: str) -> list[dict]:
 
 
 def zipped(path: str) -> bytes:
-    from pathlib import Path
     return zip_folder(Path(path))
 
 
@@ -332,7 +345,6 @@ def keys() -> dict[str, bool]:
 
 @st.cache_resource(max_entries=3)
 def backend(spec: str):
-    from character.inference import get_backend
     return get_backend(spec)
 
 
@@ -365,7 +377,6 @@ def behavior_job_key(name: str) -> str:
 
 def behavior_configs() -> dict[str, str]:
     """Shipped behaviour configs (configs/behaviors) and the user's saved ones: label -> YAML text."""
-    from pathlib import Path
     out = {}
     shipped = Path(__file__).resolve().parent.parent / "configs" / "behaviors"
     for p in sorted(shipped.glob("*.yaml")):
@@ -377,11 +388,7 @@ def behavior_configs() -> dict[str, str]:
 
 def behavior_config_errors(text: str) -> list[str]:
     """Every problem in a behaviour config's YAML, one line each (empty when valid)."""
-    import yaml
-    from pydantic import ValidationError
 
-    from character.behaviors import BehaviorConfig
-    from character.recipe import pydantic_problems
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
@@ -399,9 +406,7 @@ def behavior_config_errors(text: str) -> list[str]:
 
 def save_behavior_config(text: str) -> str:
     """Validate and write CHARACTER_HOME/behavior-configs/<name>.yaml; returns its path."""
-    import yaml
 
-    from character.runs import write_atomic
     errors = behavior_config_errors(text)
     if errors:
         raise CharacterError(" | ".join(errors))
@@ -412,14 +417,11 @@ def save_behavior_config(text: str) -> str:
 
 
 def behaviors_table() -> list[dict]:
-    from character.behaviors import list_behaviors
     return list_behaviors()
 
 
 def behavior_records(name: str) -> dict:
     """Everything the Behaviours page shows for one evaluation (missing parts are empty)."""
-    from character import behaviors as B
-    from character.runs import read_json
     d = B.behavior_dir(name)
     out: dict = {"understanding": None, "scenarios": [], "transcripts": [], "judgments": {}, "summary": None}
     if (d / "understand" / "understanding.json").exists():
@@ -441,7 +443,6 @@ def agents_job_key(cohort: str) -> str:
 
 def cohort_recipes() -> dict[str, str]:
     """Shipped cohort recipes (configs/*.yaml whose first line is an `agents` command): label -> path."""
-    from pathlib import Path
     shipped = Path(__file__).resolve().parent.parent / "configs"
     return {f"shipped: {p.name}": str(p) for p in sorted(shipped.glob("*.yaml"))
             if p.read_text().startswith("# character agents")}
@@ -450,9 +451,6 @@ def cohort_recipes() -> dict[str, str]:
 def cohort_view(path: str) -> dict:
     """What the Agents page shows for a cohort recipe: its config, import counts, a preview of the corpus and
     motions, the report's tables and figures, and each agent's questions."""
-    from character.agents import cohort, profiles
-    from character.agents import report as agents_report
-    from character.runs import read_jsonl, read_status
     cfg = cohort.load_config(path)
     cdir = cohort.cohort_dir(cfg.name)
     data = read_status(cdir / "data")

@@ -447,7 +447,7 @@ def test_a_profile_keeps_only_items_quoted_from_the_agents_words_and_merges_dupl
     scripted = Scripted([json.dumps(answer), json.dumps(second)])
     profile = P.build_profile("Ann", rows, scripted)
     assert [(i.kind, i.source) for i in profile.items] == [("belief", "u1"), ("memory", "u2")]
-    assert profile.counts == {"chunks": 2, "failed_chunks": 0, "proposed": 6, "unsupported": 2, "duplicate": 2,
+    assert profile.counts.model_dump() == {"chunks": 2, "failed_chunks": 0, "proposed": 6, "unsupported": 2, "duplicate": 2,
                               "kept": 2}
     # an unguided backend is given the plain schema; a guided one may quote only whole sentences of 5+ words
     assert scripted.calls[0][1] == P.ProfileDraft.model_json_schema()
@@ -461,7 +461,7 @@ def test_a_profile_keeps_only_items_quoted_from_the_agents_words_and_merges_dupl
     assert P.sentences(short) == []
     guided = Scripted([])  # it would fail if called
     guided.supports_json_schema = True
-    assert P.build_profile("Bo", short, guided).counts == {"chunks": 1, "failed_chunks": 1, "proposed": 0,
+    assert P.build_profile("Bo", short, guided).counts.model_dump() == {"chunks": 1, "failed_chunks": 1, "proposed": 0,
                                                           "unsupported": 0, "duplicate": 0, "kept": 0}
     assert guided.calls == []
     many = [Utterance(id=f"u{i}", agent="Ann", text="word " * 120, source="s") for i in range(5)]

@@ -9,7 +9,7 @@ import pytest
 
 from character import runs
 from character.errors import CharacterError
-from character.types import PreferencePair, StageStatus
+from character.types import Checkpoint, PreferencePair, StageStatus
 
 
 def pair(i: int) -> PreferencePair:
@@ -61,3 +61,14 @@ def test_status_roundtrip_and_slugs(tmp_path):
             runs.run_dir(bad)
     assert not any(Path(os.environ["CHARACTER_HOME"]).parent.glob("up*"))
     assert isinstance(StageStatus(stage="x").version, int)
+
+
+def test_records_roundtrip_and_a_damaged_record_is_named(tmp_path):
+    ck = Checkpoint(kind="dpo", path=str(tmp_path / "adapter"), base_model="embedded", constitution="pirate",
+                    data_counts={"pairs": 3}, metrics={"loss": 0.5})
+    assert runs.read_checkpoint(tmp_path) is None
+    runs.write_checkpoint(tmp_path, ck)
+    assert runs.read_checkpoint(tmp_path) == ck
+    (tmp_path / "checkpoint.json").write_text('{"kind": "dpo", "path": ')  # torn by hand or by another tool
+    with pytest.raises(CharacterError, match=r"checkpoint.json=.*not a valid Checkpoint record.*delete it"):
+        runs.read_checkpoint(tmp_path)

@@ -82,3 +82,28 @@ def test_every_module_imports_alone():
     with ThreadPoolExecutor(4) as pool:
         failed = [f"{n}: {err}" for n, rc, err in pool.map(alone, names) if rc]
     assert not failed, "\n".join(failed)
+
+
+# Third-party packages a function may import for itself: optional extras, heavy to load, each needed only by the
+# backend, scorer or figure that uses it. Everything else (the standard library, numpy, pydantic, yaml, tqdm,
+# dotenv, streamlit in the studio) is imported at the top of its module.
+OPTIONAL = {"torch", "transformers", "peft", "trl", "datasets", "accelerate", "bitsandbytes", "safetensors", "vllm",
+            "tinker", "tinker_cookbook", "together", "zstandard", "openai", "llguidance", "gguf",
+            "sentence_transformers", "sklearn", "joblib", "matplotlib", "plotly", "pandas", "tabulate",
+            "if_verifiable", "langdetect"}
+
+
+def test_function_local_imports_of_other_packages_are_optional_extras():
+    found = set()
+    for path in sorted([*PACKAGE.rglob("*.py"), *(ROOT / "studio").rglob("*.py")]):
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        body = {id(n) for n in tree.body}
+        for node in ast.walk(tree):
+            if id(node) in body or not isinstance(node, (ast.Import, ast.ImportFrom)):
+                continue
+            if isinstance(node, ast.ImportFrom) and (node.level or (node.module or "").startswith("character")):
+                continue  # ours: test_function_local_imports_only_for_heavy_modules
+            names = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+            found |= {f"{path.relative_to(ROOT)}: {n}" for n in names if n.split(".")[0] not in OPTIONAL
+                      and n.split(".")[0] != "character"}
+    assert not found, f"import these at the top of the module: {sorted(found)}"

@@ -70,7 +70,8 @@ def test_sft_on_top_of_dpo_lowers_loss(dpo_run, base, tmp_path):
 
 
 def test_sft_mask_covers_every_assistant_turn(base):
-    from character.training.trl import load_base, tokenize_for_sft
+    from character.inference.scoring import tokenize_for_sft
+    from character.training.trl import load_base
     tok, _ = load_base(base)
     msgs = [{"role": "user", "content": "Hi"}, {"role": "assistant", "content": "Ahoy there"},
             {"role": "user", "content": "More"}, {"role": "assistant", "content": "Arr matey"}]

@@ -22,7 +22,7 @@ from ..errors import CharacterError
 from ..inference import get_backend, release_backend
 from ..inference.structured import StructuredFailure, generate_structured_batch
 from ..judges import Calibration, calibrate, label_probs, outcome
-from ..runs import read_json, read_jsonl, write_json, write_jsonl
+from ..runs import read_jsonl, read_record, write_json, write_jsonl
 from ..stats import mean_interval
 from ..types import Message, Record, SamplingParams
 from . import cohort
@@ -85,8 +85,7 @@ def run_alignment(cfg: cohort.CohortConfig, point: dict, out: Path, judge_spec: 
     if not agents:
         raise CharacterError(f"cohort={cfg.name!r}: no probing questions to answer (the profiles section has not run, "
                              "or kept no item); add questions with: character agents review RECIPE --agent NAME")
-    profiles = {a: Profile.model_validate(read_json(profile_path(cdir, a))) if profile_path(cdir, a).exists()
-                else Profile(agent=a, counts={}, items=[  # questions added by hand only: their items are the profile
+    profiles = {a: read_record(profile_path(cdir, a), Profile) or Profile(agent=a, items=[  # questions added by hand only: their items are the profile
                     ProfileItem(id=q.id, agent=a, kind=q.kind, statement=q.item, evidence=q.evidence, source=q.source)
                     for q in qs[a]]) for a in agents}
     params = SamplingParams(max_tokens=max_tokens, temperature=0.0, seed=cfg.seed)

@@ -19,12 +19,12 @@ from ..recipe import RecipeError, TrainConfig, pydantic_problems, read_yaml_mapp
 from ..runs import (
     character_home,
     check_slug,
-    read_json,
     read_jsonl,
+    read_record,
     read_status,
     run_lock,
-    write_json,
     write_jsonl,
+    write_record,
     write_status,
 )
 from ..types import StageStatus
@@ -101,8 +101,7 @@ def cohort_dir(name: str) -> Path:
 
 
 def read_split(cdir: Path) -> Split | None:
-    p = cdir / "data" / "split.json"
-    return Split.model_validate(read_json(p)) if p.exists() else None
+    return read_record(cdir / "data" / "split.json", Split)
 
 
 def agent_names(cfg: CohortConfig) -> list[str]:
@@ -163,7 +162,7 @@ def import_corpus(cfg: CohortConfig) -> StageStatus:
         data = cdir / "data"
         write_jsonl(data / "utterances.jsonl", rows)
         write_jsonl(data / "motions.jsonl", table)
-        write_json(data / "split.json", split.model_dump())
+        write_record(data / "split.json", split)
         status = StageStatus(stage="data", state="done", done=len(rows), total=len(rows),
                              counts={"utterances": len(rows), "motions": len(table), "agents": len(agents)},
                              settings={"corpus": cfg.corpus, "motions": cfg.motions, "agents": agents,

@@ -26,7 +26,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..inference import get_backend
 from ..inference.structured import StructuredFailure, generate_structured_batch
 from ..prompts import is_near_duplicate
-from ..runs import read_json, write_json, write_jsonl
+from ..runs import read_record, write_jsonl, write_record
 from ..types import Message, Record, SamplingParams, stable_id
 from . import cohort
 from .corpus import Utterance
@@ -69,10 +69,22 @@ class ProfileItem(Record):
     source: str
 
 
+class ProfileCounts(Record):
+    """What happened to the model's proposals: each proposed item is kept, unsupported (no exact quote of the
+    agent's training words) or a duplicate; a failed chunk gave no parseable draft."""
+
+    chunks: int = 0
+    failed_chunks: int = 0
+    proposed: int = 0
+    unsupported: int = 0
+    duplicate: int = 0
+    kept: int = 0
+
+
 class Profile(Record):
     agent: str
     items: list[ProfileItem]
-    counts: dict[str, int]
+    counts: ProfileCounts = Field(default_factory=ProfileCounts)
 
 
 class ProbeQuestion(Record):
@@ -150,24 +162,24 @@ def build_profile(agent: str, rows: list[Utterance], backend, seed: int = 0, max
         params = SamplingParams(max_tokens=max_tokens, temperature=0.7, seed=seed)
         got = generate_structured_batch(backend, [extraction_prompt(agent, c) for c in parts], ProfileDraft, params,
                                         json_schema=guided_schema(rows) if guided else None)
-    counts = {"chunks": len(parts), "failed_chunks": 0, "proposed": 0, "unsupported": 0, "duplicate": 0}
+    counts = ProfileCounts(chunks=len(parts))
     items: list[ProfileItem] = []
     for draft in got:
         if isinstance(draft, StructuredFailure):
-            counts["failed_chunks"] += 1
+            counts.failed_chunks += 1
             continue
         for d in draft.items:
-            counts["proposed"] += 1
+            counts.proposed += 1
             source = source_of(d, rows)
             if source is None:
-                counts["unsupported"] += 1
+                counts.unsupported += 1
             elif any(i.kind == d.kind and _plain(i.evidence) == _plain(d.evidence) for i in items) or \
                     is_near_duplicate(d.statement, [i.statement for i in items if i.kind == d.kind]):
-                counts["duplicate"] += 1
+                counts.duplicate += 1
             else:
                 items.append(ProfileItem(id=stable_id(agent, d.kind, d.statement), agent=agent, kind=d.kind,
                                          statement=d.statement.strip(), evidence=d.evidence.strip(), source=source))
-    counts["kept"] = len(items)
+    counts.kept = len(items)
     return Profile(agent=agent, items=items, counts=counts)
 
 
@@ -204,15 +216,15 @@ def run_profiles(cfg: cohort.CohortConfig, model: str | None = None, say=print) 
     out = {}
     for a in agents:
         p = profile_path(cdir, a)
-        if p.exists():
-            out[a] = Profile.model_validate(read_json(p))
+        if (saved := read_record(p, Profile)) is not None:
+            out[a] = saved
         else:
             out[a] = build_profile(a, [u for u in train if u.agent == a], backend, seed=cfg.seed)
-            write_json(p, out[a].model_dump())
+            write_record(p, out[a])
         q = questions_path(cdir, a)
         if not q.exists():
             write_jsonl(q, write_questions(a, out[a], backend, seed=cfg.seed))
         c = out[a].counts
-        say(f"[profiles] {a}: {c['kept']} items kept of {c['proposed']} proposed ({c['unsupported']} without a "
-            f"matching quote, {c['duplicate']} duplicates, {c['failed_chunks']} of {c['chunks']} chunks failed)")
+        say(f"[profiles] {a}: {c.kept} items kept of {c.proposed} proposed ({c.unsupported} without a "
+            f"matching quote, {c.duplicate} duplicates, {c.failed_chunks} of {c.chunks} chunks failed)")
     return out

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from ..judges import Calibration
 from ..report import STYLE, frame
-from ..runs import read_json, read_jsonl, read_status, write_atomic
+from ..runs import read_json, read_jsonl, read_record, read_status, write_atomic
 from . import cohort
 from .profiles import ProbeQuestion, Profile, profile_path, questions_path
 from .train import grid_points, model_dir, point_id
@@ -115,11 +115,10 @@ def tables(cfg: cohort.CohortConfig) -> tuple[list[Table], list[Path]]:
     prows, qrows = [], []
     for a in agents:
         p = profile_path(cdir, a)
-        if p.exists():
-            prof = Profile.model_validate(read_json(p))
+        if (prof := read_record(p, Profile)) is not None:
             c = prof.counts
-            prows.append([a, str(c["kept"]), str(c["proposed"]), str(c["unsupported"]), str(c["duplicate"]),
-                          f"{c['failed_chunks']} of {c['chunks']}"])
+            prows.append([a, str(c.kept), str(c.proposed), str(c.unsupported), str(c.duplicate),
+                          f"{c.failed_chunks} of {c.chunks}"])
         q = questions_path(cdir, a)
         if q.exists():
             qs = read_jsonl(q, ProbeQuestion)

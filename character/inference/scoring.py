@@ -2,6 +2,8 @@
 
 - `response_token_ids`: where a response starts and ends in tokens. Every backend that scores responses
   (transformers, vLLM, Tinker) uses it, so they agree at the prompt/response boundary.
+- `tokenize_for_sft`: a whole conversation's ids with a mask on every assistant turn: what both SFT
+  trainers (TRL and Tinker) train on.
 - `heldout_preference_metrics`: DPO's held-out check (reward accuracy and margin, the chosen answers'
   log-prob per token before and after) from any two scorers' per-token log-probs: the local trainer passes
   its model with the adapter on and off (`HFBackend.from_model`), Tinker its two samplers.
@@ -32,6 +34,30 @@ def response_token_ids(tokenizer, conversation: Conversation, response: str) -> 
     if eos in f_ids[len(p_ids):]:  # score up to end-of-turn, not the template's trailing newline
         f_ids = f_ids[:f_ids.index(eos, len(p_ids)) + 1]
     return f_ids, len(p_ids)
+
+
+def tokenize_for_sft(tokenizer, messages: list[dict], max_length: int) -> dict:
+    """input_ids and an assistant mask (1 on every assistant turn's text and end token)."""
+    ids: list[int] = []
+    mask: list[int] = []
+    prev = ""
+    for i, m in enumerate(messages):
+        full = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
+        if m["role"] == "assistant" and i > 0:
+            head = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
+            segments = [(head[len(prev):], 0), (full[len(head):], 1)]
+            ok = head.startswith(prev) and full.startswith(head)
+        else:
+            segments = [(full[len(prev):], 0)]
+            ok = full.startswith(prev)
+        if not ok:
+            raise ValueError("this chat template rewrites earlier turns; cannot mask assistant tokens exactly")
+        for text, flag in segments:
+            piece = tokenizer(text, add_special_tokens=False).input_ids
+            ids += piece
+            mask += [flag] * len(piece)
+        prev = full
+    return {"input_ids": ids[:max_length], "assistant_masks": mask[:max_length]}
 
 
 def heldout_preference_metrics(policy: Scorer, reference: Scorer, pairs: list[PreferencePair], beta: float) -> dict:

@@ -3,7 +3,7 @@ in a recipe's dpo/sft section; the student is `tinker/<base-model>` (or `hf/<id>
 service offers). Needs the extra `tinker` and TINKER_API_KEY.
 
 - Tokens: the chat template is applied with the model's own tokenizer and the same assistant mask
-  as the local SFT path (`trl.tokenize_for_sft`), so both backends train on the same tokens.
+  as the local SFT path (`inference.scoring.tokenize_for_sft`), so both backends train on the same tokens.
 - SFT: the built-in `cross_entropy` loss (a plain sum of -logprob x weight). Weights are 1 on every
   assistant token, then divided by the example's assistant-token count, so each example counts
   once whatever its length (per-example normalisation; the cookbook's "mean" reduction).
@@ -35,7 +35,7 @@ from typing import Callable
 from tqdm import tqdm
 
 from ..errors import CharacterError, MissingDependencyError, MissingKeyError
-from ..inference.scoring import heldout_preference_metrics
+from ..inference.scoring import heldout_preference_metrics, tokenize_for_sft
 from ..inference.tinker import TinkerBackend
 from ..recipe import tinker_layers
 from ..runs import write_json
@@ -94,7 +94,6 @@ def datum(tokens: list[int], weights: list[float]):
 
 
 def sft_datums(tokenizer, examples: list[SFTExample], max_length: int) -> list:
-    from .trl import tokenize_for_sft
     out = []
     for ex in examples:
         row = tokenize_for_sft(tokenizer, [m.model_dump() for m in ex.messages], max_length)
@@ -107,7 +106,6 @@ def sft_datums(tokenizer, examples: list[SFTExample], max_length: int) -> list:
 
 def dpo_datums(tokenizer, pairs: list[PreferencePair], max_length: int) -> list:
     """Two datums per pair, chosen at even and rejected at odd positions; weights 1 on the answer."""
-    from .trl import tokenize_for_sft
     out = []
     for p in pairs:
         for answer in (p.chosen, p.rejected):

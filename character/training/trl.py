@@ -18,7 +18,7 @@ from transformers import TrainerCallback
 
 from ..distill import to_trl
 from ..inference.hf import HFBackend, cpu_has_bf16, load_model
-from ..inference.scoring import heldout_preference_metrics
+from ..inference.scoring import heldout_preference_metrics, tokenize_for_sft
 from ..types import PreferencePair, SFTExample
 
 LogFn = Callable[[int, dict], None]
@@ -115,30 +115,6 @@ def train_dpo(pairs: list[PreferencePair], base: str, cfg, out_dir: Path, log_me
     before = _adapter_state(trainer.model)
     trainer.train()
     return _finish(trainer, tokenizer, before, cb, out_dir)
-
-
-def tokenize_for_sft(tokenizer, messages: list[dict], max_length: int) -> dict:
-    """input_ids and an assistant mask (1 on every assistant turn's text and end token)."""
-    ids: list[int] = []
-    mask: list[int] = []
-    prev = ""
-    for i, m in enumerate(messages):
-        full = tokenizer.apply_chat_template(messages[:i + 1], tokenize=False)
-        if m["role"] == "assistant" and i > 0:
-            head = tokenizer.apply_chat_template(messages[:i], tokenize=False, add_generation_prompt=True)
-            segments = [(head[len(prev):], 0), (full[len(head):], 1)]
-            ok = head.startswith(prev) and full.startswith(head)
-        else:
-            segments = [(full[len(prev):], 0)]
-            ok = full.startswith(prev)
-        if not ok:
-            raise ValueError("this chat template rewrites earlier turns; cannot mask assistant tokens exactly")
-        for text, flag in segments:
-            piece = tokenizer(text, add_special_tokens=False).input_ids
-            ids += piece
-            mask += [flag] * len(piece)
-        prev = full
-    return {"input_ids": ids[:max_length], "assistant_masks": mask[:max_length]}
 
 
 def train_sft(examples: list[SFTExample], base: str, cfg, out_dir: Path, log_metrics: LogFn,

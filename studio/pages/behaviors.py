@@ -4,6 +4,7 @@ with their scores and highlights, and the score distribution per target model.""
 import pandas as pd
 import plotly.express as px
 import streamlit as st
+import yaml
 
 from character.errors import CharacterError
 from character.judges import Calibration, judged
@@ -28,7 +29,6 @@ with launch_tab:
         st.success("valid")
     stages = st.multiselect("Stages", ["understand", "ideate", "rollout", "judge", "data"],
                             ["understand", "ideate", "rollout", "judge", "data"], key="bh_stages")
-    import yaml
     name = (yaml.safe_load(text) or {}).get("name", "") if not errors else ""
     busy = state.latest_job(state.behavior_job_key(name), "behaviors") if name else None
     busy = busy if busy and busy.active else None

@@ -3,6 +3,7 @@
 import streamlit as st
 
 from character.errors import CharacterError
+from character.runs import check_slug
 from studio import state
 
 st.title("Constitutions")
@@ -122,7 +123,6 @@ with draft:
     n_questions = d.number_input("Questions per trait", 2, 10, 2, key="draft_questions")
     if st.button("Draft", key="draft_go"):
         try:
-            from character.runs import check_slug
             check_slug(dname, "name")
             # free text as --flag=value and after "--": a value starting with "-" is never read as a flag
             job = state.launch(dname, "draft", ["constitution", f"--model={model}", f"--name={dname}",
