@@ -562,7 +562,7 @@ def _levels(judge, convs: list[list[Message]]) -> list[float]:
     return out
 
 
-def calibration(cfg: BehaviorConfig, u: Understanding, evaluator, judge) -> dict:
+def calibration(cfg: BehaviorConfig, u: Understanding, evaluator, judge) -> Calibration:
     """Known pairs: the constitution's questions answered by the evaluator model with the persona (should
     score higher) and without it. Fits behaviours that are about keeping the character; the judge's
     numbers are shown only when its accuracy's 95% interval clears chance."""
@@ -570,11 +570,11 @@ def calibration(cfg: BehaviorConfig, u: Understanding, evaluator, judge) -> dict
     path = "labels" if reads_labels(judge) else "text"
     if not cfg.constitution or not cfg.calibration_pairs:
         return calibrate("presence", name, path, [], [], note="no constitution to build known pairs from"
-                         if not cfg.constitution else "calibration_pairs: 0").model_dump()
+                         if not cfg.constitution else "calibration_pairs: 0")
     c = C.load(cfg.constitution)
     qs = [q for row in zip_longest(*[t.questions for t in c.traits]) for q in row if q][:cfg.calibration_pairs]
     if not qs:
-        return calibrate("presence", name, path, [], [], note="the constitution has no questions").model_dump()
+        return calibrate("presence", name, path, [], [], note="the constitution has no questions")
     system = Message(role="system", content=C.render_system_prompt(c))
     params = _sampling(cfg, 30, temperature=0.7)
     good = _generate(evaluator, [[system, Message(role="user", content=q)] for q in qs], params)
@@ -590,7 +590,7 @@ def calibration(cfg: BehaviorConfig, u: Understanding, evaluator, judge) -> dict
     for g, b in zip(scores[:len(qs)], scores[len(qs):]):
         outcomes.append(outcome(None if g is None or b is None else 0.5 + (g - b) / 18))
     return calibrate("presence", name, path, outcomes, [],
-                     failures=sum(s is None for s in scores)).model_dump()
+                     failures=sum(s is None for s in scores))
 
 
 def _text_verdicts(cfg: BehaviorConfig, judge, convs: list[list[Message]]) -> list[TextVerdict | None]:
@@ -614,7 +614,7 @@ def judge_stage(cfg: BehaviorConfig, bdir: Path, evaluator, judge, say=say) -> d
                 w.write(j)
     cal_path = bdir / "judge" / "calibration.json"
     if not cal_path.exists():
-        write_json(cal_path, calibration(cfg, u, evaluator, judge))
+        write_record(cal_path, calibration(cfg, u, evaluator, judge))
     summary = summarize(cfg, bdir)
     write_json(bdir / "judge" / "summary.json", summary)
     return {"judged": len(transcripts), "failures": summary["failures"]}

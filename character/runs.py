@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Iterable, Iterator, TypeVar
 
 from pydantic import BaseModel
+from pydantic import ValidationError as PydanticValidationError
 
 from .errors import CharacterError, RunBusyError, StageError, field_error
 from .types import Checkpoint, StageStatus
@@ -126,6 +127,15 @@ class JsonlWriter:
         self.close()
 
 
+def why_invalid(e: ValueError) -> str:
+    """The first problem pydantic found, with where it is ("metrics.loss: Input should be a valid number")."""
+    if isinstance(e, PydanticValidationError) and e.errors():
+        err = e.errors()[0]
+        where = ".".join(str(x) for x in err["loc"])
+        return f"{where}: {err['msg']}" if where else err["msg"]
+    return str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+
+
 def iter_jsonl(path: Path, record_type: type[T]) -> Iterator[T]:
     """Yield records; a torn (unterminated) last line is skipped, any other bad line raises."""
     if not path.exists():
@@ -138,9 +148,8 @@ def iter_jsonl(path: Path, record_type: type[T]) -> Iterator[T]:
                 try:
                     yield record_type.model_validate_json(line)
                 except ValueError as e:
-                    first = str(e).splitlines()[0] if str(e) else type(e).__name__
                     raise field_error(f"{path.name}:{lineno}", line.strip()[:60],
-                                      f"not a valid {record_type.__name__} record ({first})") from None
+                                      f"not a valid {record_type.__name__} record ({why_invalid(e)})") from None
 
 
 def read_jsonl(path: Path, record_type: type[T]) -> list[T]:
@@ -160,13 +169,13 @@ def read_record(path: Path, record_type: type[T]) -> T | None:
     """The record a `write_record` left at `path`, or None if none was written; a damaged file names itself."""
     if not path.exists():
         return None
-    text = path.read_text(encoding="utf-8")
+    raw = path.read_bytes()
     try:
-        return record_type.model_validate_json(text)
+        return record_type.model_validate_json(raw)
     except ValueError as e:
-        first = str(e).splitlines()[0] if str(e) else type(e).__name__
-        raise field_error(str(path), text.strip()[:60], f"not a valid {record_type.__name__} record ({first}); "
-                          "delete it to have the stage write it again") from None
+        raise field_error(str(path), raw.decode("utf-8", "replace").strip()[:60],
+                          f"not a valid {record_type.__name__} record ({why_invalid(e)}); rerun the stage that "
+                          "wrote it") from None
 
 
 def read_status(stage_path: Path) -> StageStatus | None:

@@ -106,6 +106,8 @@ class IntrospectionExample(Record):
 
 
 class Checkpoint(Record):
+    model_config = ConfigDict(extra="forbid", ser_json_inf_nan="constants")  # a metric no step logged is NaN
+
     kind: Literal["dpo", "sft", "merged"]
     path: str
     base_model: str

@@ -67,7 +67,6 @@ def load_constitution(name: str) -> C.Constitution:
 
 
 def parse_text(text: str, fmt: str):
-
     try:
         return json.loads(text) if fmt == "json" else yaml.safe_load(text)
     except (ValueError, yaml.YAMLError) as e:
@@ -113,7 +112,6 @@ def system_prompt(c: C.Constitution) -> str:
 def import_trait_list(text: str, name: str) -> C.Constitution:
     """Pasted trait list -> constitution. The name is checked before anything is written, and the
     temporary file has a fixed name (the user's text never becomes a path)."""
-
     if name:
         check_slug(name, "name")
     with tempfile.TemporaryDirectory() as d:
@@ -167,7 +165,6 @@ def preview_path(constitution: str) -> str:
 
 
 def preview_rows(constitution: str) -> list[dict]:
-
     p = Path(preview_path(constitution))
     return [{"prompt": x.prompt, "chosen (teacher, in character)": x.chosen, "teacher persona score": x.persona_chosen,
              "rejected (student, plain)": x.rejected, "student persona score": x.persona_rejected, "source": x.source}
@@ -388,7 +385,6 @@ def behavior_configs() -> dict[str, str]:
 
 def behavior_config_errors(text: str) -> list[str]:
     """Every problem in a behaviour config's YAML, one line each (empty when valid)."""
-
     try:
         data = yaml.safe_load(text) or {}
     except yaml.YAMLError as e:
@@ -406,7 +402,6 @@ def behavior_config_errors(text: str) -> list[str]:
 
 def save_behavior_config(text: str) -> str:
     """Validate and write CHARACTER_HOME/behavior-configs/<name>.yaml; returns its path."""
-
     errors = behavior_config_errors(text)
     if errors:
         raise CharacterError(" | ".join(errors))
