@@ -188,3 +188,12 @@ def test_precision_setting_reaches_the_trainer(tmp_path):
     from pydantic import ValidationError
     with pytest.raises(ValidationError, match="precision"):
         TrainConfig(precision="half")
+
+
+def test_gradient_checkpointing_follows_the_recipe(tmp_path):
+    """TRL's configs default to checkpointing on; the recipe's `gradient_checkpointing` (off by default) decides."""
+    from character.training import trl as T
+    assert TrainConfig().gradient_checkpointing is False
+    for on in (False, True):
+        for kind in ("dpo", "sft"):
+            assert T.trainer_args(TrainConfig(gradient_checkpointing=on), tmp_path, kind).gradient_checkpointing is on

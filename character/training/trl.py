@@ -9,6 +9,7 @@ assistant-token mask, since most chat templates have no generation markers.
 from __future__ import annotations
 
 import math
+from dataclasses import fields
 from pathlib import Path
 from typing import Callable
 
@@ -51,8 +52,11 @@ def trainer_args(cfg, out_dir: Path, kind: str):
                   seed=cfg.seed, logging_steps=1, save_strategy="no", report_to=[], disable_tqdm=False,
                   bf16=use_bf16(cfg.precision),
                   use_cpu=not torch.cuda.is_available(), dataloader_num_workers=0)
-    if cfg.gradient_checkpointing:
-        common["gradient_checkpointing"] = True
+    # TRL's configs turn checkpointing on by default; ours is off unless the recipe asks (recomputing the forward
+    # costs a fifth of a step and a small model has memory to spare). Newer transformers call it activation_...
+    name = "activation_checkpointing" if "activation_checkpointing" in {f.name for f in fields(SFTConfig)} else \
+        "gradient_checkpointing"
+    common[name] = cfg.gradient_checkpointing
     if kind == "dpo":
         losses, weights = (["sigmoid", "sft"], [1.0, cfg.nll]) if cfg.nll > 0 else (["sigmoid"], [1.0])
         # the reference (base, adapter off) log-probs are computed once per pair before training, not every
