@@ -1,6 +1,7 @@
 """DPO step time on a run's own pairs: TRL's trainer step beside a bare PyTorch forward + backward of
 the same rows, padded as the trainer pads them and unpadded (one row at a time), so the gap between
-the trainer and the arithmetic can be read off (issue 13).
+the trainer and the arithmetic can be read off (issue 13). A last row keeps the LM head's product in float32, as
+TRL's chunked log-prob kernel does on a CPU, so a bf16 trainer step can be set beside the same precision.
 
     .venv/bin/python benchmarks/dpo.py [RUN] [--steps 8]     (RUN: a run whose distill stage is done)
 
@@ -33,8 +34,16 @@ class StepTimer(TrainerCallback):
         self.seconds.append(time.perf_counter() - self.t)
 
 
-def completion_logps(model, ids, mask, completion):
-    logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
+def completion_logps(model, ids, mask, completion, fp32_head: bool = False):
+    """Summed log-probs of the completion tokens. `fp32_head`: the LM head's product in float32 outside autocast,
+    as TRL 1.16's chunked log-prob kernel does on a CPU (it upcasts each vocabulary tile)."""
+    if fp32_head:
+        causal = model.get_base_model()
+        hidden = causal.model(input_ids=ids, attention_mask=mask).last_hidden_state[:, :-1]
+        with torch.autocast("cpu", enabled=False):
+            logits = hidden.float() @ causal.lm_head.weight.float().T
+    else:
+        logits = model(input_ids=ids, attention_mask=mask).logits[:, :-1]
     lp = torch.log_softmax(logits.float(), -1).gather(-1, ids[:, 1:].unsqueeze(-1)).squeeze(-1)
     return (lp * completion[:, 1:]).sum(-1)
 
@@ -78,7 +87,7 @@ def main() -> None:
     policy = trainer.model
     policy.train()
 
-    def bare(unpadded: bool) -> list[float]:
+    def bare(unpadded: bool, fp32_head: bool = False) -> list[float]:
         out = []
         for b in batches:
             t = time.perf_counter()
@@ -86,13 +95,13 @@ def main() -> None:
                      for i, n in enumerate(b["attention_mask"].sum(-1).tolist())] if unpadded else
                     [(b["input_ids"], b["attention_mask"], b["completion_mask"])])
             for ids, mask, comp in rows:
-                completion_logps(policy, ids, mask, comp).sum().backward()
+                completion_logps(policy, ids, mask, comp, fp32_head).sum().backward()
             policy.zero_grad(set_to_none=True)
             out.append(time.perf_counter() - t)
         return out
 
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=args.bf16 and not torch.cuda.is_available()):
-        bare_padded, bare_unpadded = bare(False), bare(True)
+        bare_padded, bare_unpadded, bare_fp32_head = bare(False), bare(True), bare(False, fp32_head=True)
     steps = timer.seconds[1:]  # the first step pays one-time costs
     n = len(steps)
     mean_real = sum(real[1:n + 1]) / n
@@ -108,6 +117,7 @@ def main() -> None:
     print(row("TRL DPOTrainer step (policy forward + backward, losses, optimizer)", steps))
     print(row("bare forward + backward, padded batch", bare_padded[1:n + 1]))
     print(row("bare forward + backward, one row at a time, unpadded", bare_unpadded[1:n + 1]))
+    print(row("bare forward + backward, padded batch, LM head in float32 (as TRL's kernel)", bare_fp32_head[1:n + 1]))
 
 
 if __name__ == "__main__":
