@@ -309,9 +309,10 @@ def _trained_id(spec: str) -> str:
 
 def _saved(bdir: Path, stage: str, name: str, record_type: type[SavedT]) -> SavedT:
     """What an earlier stage wrote (the stage order guarantees it was run; a hand-deleted file is named)."""
-    r = read_record(bdir / stage / name, record_type)
+    redo = f"rerun with --restart --stages {stage} ... to write it again"
+    r = read_record(bdir / stage / name, record_type, redo)
     if r is None:
-        raise CharacterError(f"{stage}/{name}: missing; rerun with --restart --stages {stage} ... to write it again")
+        raise CharacterError(f"{stage}/{name}: missing; {redo}")
     return r
 
 

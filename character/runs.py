@@ -165,8 +165,9 @@ def write_record(path: Path, record: BaseModel) -> None:
     write_atomic(path, record.model_dump_json(indent=2) + "\n")
 
 
-def read_record(path: Path, record_type: type[T]) -> T | None:
-    """The record a `write_record` left at `path`, or None if none was written; a damaged file names itself."""
+def read_record(path: Path, record_type: type[T], fix: str = "delete it and run the same command again") -> T | None:
+    """The record a `write_record` left at `path`, or None if none was written; a damaged file names itself, with
+    `fix` (the default suits files rebuilt when missing, as status.json is: its stage runs again)."""
     if not path.exists():
         return None
     raw = path.read_bytes()
@@ -174,8 +175,7 @@ def read_record(path: Path, record_type: type[T]) -> T | None:
         return record_type.model_validate_json(raw)
     except ValueError as e:
         raise field_error(str(path), raw.decode("utf-8", "replace").strip()[:60],
-                          f"not a valid {record_type.__name__} record ({why_invalid(e)}); rerun the stage that "
-                          "wrote it") from None
+                          f"not a valid {record_type.__name__} record ({why_invalid(e)}); {fix}") from None
 
 
 def read_status(stage_path: Path) -> StageStatus | None:
@@ -184,7 +184,8 @@ def read_status(stage_path: Path) -> StageStatus | None:
 
 def read_checkpoint(stage_path: Path) -> Checkpoint | None:
     """A training stage's `checkpoint.json` (its adapter, data counts, settings and final metrics), if written."""
-    return read_record(stage_path / "checkpoint.json", Checkpoint)
+    return read_record(stage_path / "checkpoint.json", Checkpoint,
+                       f"redo that training: character run RECIPE --restart {stage_path.name}")
 
 
 def write_checkpoint(stage_path: Path, checkpoint: Checkpoint) -> None:

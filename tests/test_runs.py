@@ -65,16 +65,17 @@ def test_status_roundtrip_and_slugs(tmp_path):
 
 
 def test_records_roundtrip_and_a_damaged_record_is_named(tmp_path):
+    stage = tmp_path / "dpo"
     ck = Checkpoint(kind="dpo", path=str(tmp_path / "adapter"), base_model="embedded", constitution="pirate",
                     data_counts={"pairs": 3}, metrics={"loss": 0.5, "loss_first": math.nan})  # NaN: no step logged
-    assert runs.read_checkpoint(tmp_path) is None
-    runs.write_checkpoint(tmp_path, ck)
-    back = runs.read_checkpoint(tmp_path)
+    assert runs.read_checkpoint(stage) is None
+    runs.write_checkpoint(stage, ck)
+    back = runs.read_checkpoint(stage)
     assert back.metrics["loss"] == 0.5 and math.isnan(back.metrics["loss_first"])
     assert back.model_dump(exclude={"metrics"}) == ck.model_dump(exclude={"metrics"})
-    (tmp_path / "checkpoint.json").write_text('{"kind": "dpo", "path": ')  # torn by hand or by another tool
-    with pytest.raises(CharacterError, match=r"checkpoint.json=.*not a valid Checkpoint record \(.*EOF"):
-        runs.read_checkpoint(tmp_path)
-    runs.write_json(tmp_path / "checkpoint.json", {**ck.model_dump(), "metrics": {"loss": "low"}})
+    (stage / "checkpoint.json").write_text('{"kind": "dpo", "path": ')  # torn by hand or by another tool
+    with pytest.raises(CharacterError, match=r"checkpoint.json=.*not a valid Checkpoint record \(.*EOF.*--restart dpo"):
+        runs.read_checkpoint(stage)
+    runs.write_json(stage / "checkpoint.json", {**ck.model_dump(), "metrics": {"loss": "low"}})
     with pytest.raises(CharacterError, match=r"\(metrics.loss: Input should be a valid number"):
-        runs.read_checkpoint(tmp_path)
+        runs.read_checkpoint(stage)
