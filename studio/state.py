@@ -17,7 +17,6 @@ from character import constitution as C
 from character import jobs, report, summary
 from character.agents import cohort, profiles
 from character.agents import report as agents_report
-from character.behaviors import BehaviorConfig, list_behaviors
 from character.errors import CharacterError
 from character.estimate import cached_rates, estimate, with_actuals
 from character.inference import get_backend
@@ -392,7 +391,7 @@ def behavior_config_errors(text: str) -> list[str]:
     if not isinstance(data, dict):
         return ["expected a mapping of fields such as name, behavior, targets"]
     try:
-        BehaviorConfig.model_validate(data)
+        B.BehaviorConfig.model_validate(data)
     except ValidationError as e:
         return pydantic_problems(e)
     except CharacterError as e:
@@ -412,7 +411,7 @@ def save_behavior_config(text: str) -> str:
 
 
 def behaviors_table() -> list[dict]:
-    return list_behaviors()
+    return B.list_behaviors()
 
 
 def behavior_records(name: str) -> dict:
